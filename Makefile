@@ -1,0 +1,82 @@
+# crs — make help lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines: the torch wheel provided on disk; GPU machines: override, e.g. make install TORCH=torch
+TORCH ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo train pretrain test test-all test-slurm lint format sweep-local sweep-slurm table1 compare ui bench slurm-up slurm-down clean clean-runs
+
+help: ## show this help
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/crs: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(BIN)/crs
+
+install: $(BIN)/crs ## create .venv and install torch (CPU wheel by default) + crs with dev extras
+
+demo: install ## the main job: build the embedded model (once, cached) and train GRPO on it, tracked in ./mlflow.db
+	$(BIN)/crs train
+
+train: demo ## alias of demo
+
+pretrain: install ## build (or show) the embedded warm-started model
+	$(BIN)/crs pretrain
+
+test: install ## hermetic CPU tests (no hub, no SLURM); what CI runs
+	$(BIN)/python -m pytest -m "not slow and not slurm" -q
+
+test-all: install ## every test, including slow end-to-end sweeps (a SLURM cluster must be up for slurm tests)
+	$(BIN)/python -m pytest -q
+
+test-slurm: install ## the real-SLURM tests (run make slurm-up first)
+	$(BIN)/python -m pytest -m slurm -q
+
+lint: install ## ruff check + format check
+	$(BIN)/ruff check crs tests
+	$(BIN)/ruff format --check crs tests
+
+format: install ## ruff format + autofix
+	$(BIN)/ruff format crs tests
+	$(BIN)/ruff check --fix crs tests
+
+sweep-local: install ## 2 methods x 2 schedules x 2 seeds, debug-sized, parallel on this machine
+	$(BIN)/crs train --config-dir sweeps --config-name methods_x_schedules debug=fast hydra/launcher=local
+
+sweep-slurm: install ## the same grid through SLURM (hydra-submitit-launcher)
+	$(BIN)/crs train --config-dir sweeps --config-name methods_x_schedules debug=fast hydra/launcher=slurm
+
+table1: install ## the paper's Table 1 at toy scale (8 rows x 3 seeds) on this machine
+	$(BIN)/crs train --config-dir sweeps --config-name table1 hydra/launcher=local
+
+compare: install ## table of the last sweep (mean ± std over seeds) + plots in plots/
+	$(BIN)/crs compare --last --plot plots
+
+ui: install ## MLflow UI on ./mlflow.db (http://127.0.0.1:5000)
+	$(BIN)/crs ui
+
+bench: install ## speed/memory benchmark of the credit hook (prints ratios)
+	$(BIN)/python -m crs.bench
+
+slurm-up: ## start a single-node SLURM cluster on this machine (Debian; root)
+	bash .ci/slurm-up.sh
+
+slurm-down: ## stop every SLURM daemon slurm-up started
+	bash .ci/slurm-down.sh
+
+clean-runs: ## delete outputs/, mlflow.db and mlartifacts/ (all tracked runs!)
+	rm -rf outputs multirun mlflow.db mlruns mlartifacts plots
+
+clean: ## delete caches and build leftovers (keeps runs and the venv)
+	rm -rf .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,198 @@
+"""``crs`` command line: one verb per job.
+
+    crs train [overrides]            GRPO + credit method + schedule (Hydra: -m, --cfg job, --help work)
+    crs pretrain [overrides]         build (or show) the embedded warm-started model
+    crs schedule <option> [overrides] [--steps N] [--plot file.png]   look at a schedule before using it
+    crs compare [--sweep ID | --experiment NAME | --last] [--format ...] [--plot DIR]
+    crs ui [--port 5000]             the MLflow UI on ./mlflow.db
+
+``train`` and ``pretrain`` hand argv to ``@hydra.main`` untouched, so multirun, launchers and
+``--cfg`` keep working. For a single run, the config is first composed and checked here so that a
+typo, a wrong type or an invalid value is one line on stderr (exit 2) before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra/OmegaConf errors are multi-line; keep the informative first lines, joined."""
+    parts = []
+    for e in (err, err.__cause__):
+        if e is None:
+            continue
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
+        if lines:
+            text = " ".join(lines[:8]).split(" Config search path")[0].replace(": \t", ": ").replace("\t", " ")
+            parts.append(text if len(text) <= 300 else text[:297] + "...")
+    return " — ".join(dict.fromkeys(parts)) or type(err).__name__
+
+
+def compose(overrides: list[str]):
+    """Compose ``conf/train.yaml`` with overrides (no Hydra run directory, no logging setup)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from crs.config import register_configs
+    from crs.train import CONF_DIR
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def preflight(overrides: list[str]) -> None:
+    """Compose and validate a single run; exit 2 with one line on any config error."""
+    from crs.config import validate
+    from crs.errors import ConfigError
+    from crs.progress import error_line
+
+    try:
+        cfg = compose(overrides)
+        validate(cfg)
+    except ConfigError as err:
+        error_line(str(err))
+        sys.exit(2)
+    except Exception as err:  # Hydra composition / override grammar / OmegaConf type errors
+        error_line(_one_line(err))
+        sys.exit(2)
+
+
+def _hydra_verb(verb: str, argv: list[str], entry) -> None:
+    if not any(a.startswith("-") for a in argv):
+        preflight(argv)  # single run with plain overrides: check before Hydra creates anything
+    sys.argv = [f"crs {verb}", *argv]
+    entry()
+
+
+def schedule_cmd(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="crs schedule", description="Print (and plot) a schedule's ρ over training.")
+    p.add_argument("option", help="schedule option: constant, linear, cosine, sigmoid, gamma, step")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. schedule.end=0.5 method=forking_tokens")
+    p.add_argument("--steps", type=int, default=None, help="print every step of an N-step run (default: progress 0, 0.1, …, 1)")
+    p.add_argument("--plot", default=None, help="write a PNG of ρ (and driven knobs) vs progress")
+    args = p.parse_intermixed_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    from crs.config import validate
+    from crs.credit import CreditChain
+    from crs.errors import ConfigError
+    from crs.progress import error_line
+    from crs.schedules import schedule_from_cfg
+
+    try:
+        cfg = compose([f"schedule={args.option}", *args.overrides])
+        validate(cfg)
+    except ConfigError as err:
+        error_line(str(err))
+        sys.exit(2)
+    except Exception as err:
+        error_line(_one_line(err))
+        sys.exit(2)
+    rho = schedule_from_cfg(cfg.schedule)
+    chain = CreditChain(cfg.method.credit)
+    if args.steps:
+        points = [(i, i / args.steps) for i in range(args.steps)]
+    else:
+        points = [(None, i / 10) for i in range(11)]
+    s = cfg.schedule
+    title = f"schedule {s.name}: m={s.m} start={s.start} end={s.end}" + (" inverted" if s.invert else "")
+    Console().print(f"[bold]{title}[/bold]")
+    table = Table()
+    if args.steps:
+        table.add_column("step", justify="right")
+    table.add_column("progress", justify="right")
+    table.add_column("ρ", justify="right")
+    knob_names = list(chain.knobs(1.0))
+    for k in knob_names:
+        table.add_column(k, justify="right")
+    rows = []
+    for step, prog in points:
+        r = rho(prog)
+        knobs = chain.knobs(r)
+        rows.append((prog, r, knobs))
+        cells = ([str(step)] if args.steps else []) + [f"{prog:.3f}", f"{r:.4g}"] + [f"{knobs[k]:.4g}" for k in knob_names]
+        table.add_row(*cells)
+    Console().print(table)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fine = [i / 200 for i in range(201)]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(fine, [rho(x) for x in fine], label="ρ")
+        for k in knob_names:
+            ax.plot(fine, [chain.knobs(rho(x))[k] for x in fine], "--", label=k)
+        ax.set_xlabel("training progress (global_step / max_steps)")
+        ax.set_ylabel("value")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(-0.05, max(1.05, max(rho(x) for x in fine) + 0.05))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
+
+
+def ui_cmd(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="crs ui", description="Open the MLflow UI on a crs store.")
+    p.add_argument("--uri", default=None, help="tracking store (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", default="5000")
+    args = p.parse_args(argv)
+    from crs.tracking import default_uri
+
+    uri = args.uri or default_uri()
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    if uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()]
+    sys.exit(subprocess.call(cmd))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    verb, rest = argv[0], argv[1:]
+    from crs.train import quiet_env
+
+    quiet_env()
+    if verb == "train":
+        from crs.train import main as entry
+
+        _hydra_verb("train", rest, entry)
+    elif verb == "pretrain":
+        from crs.pretrain import main as entry
+
+        _hydra_verb("pretrain", rest, entry)
+    elif verb == "schedule":
+        schedule_cmd(rest)
+    elif verb == "compare":
+        from crs.compare import main as compare_main
+
+        compare_main(rest)
+    elif verb == "ui":
+        ui_cmd(rest)
+    else:
+        print(f"crs: unknown command {verb!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Structured-config schemas for every Hydra group, and the semantic checks run before any model loads.
+
+YAML in ``conf/`` is the user surface; each option extends a schema registered here
+(``defaults: [base_<group>, _self_]``), so a typo (``trainer.lrr=1``) or a wrong type
+(``trainer.lr=abc``) fails at composition. Value checks that types cannot express (``trainer.lr=-1``)
+live in :func:`validate` and raise :class:`~crs.errors.ConfigError` with one line naming the key.
+
+Every field carries a help text (TRL style) naming the paper and the trade-off; ``crs train --cfg job``
+shows the resolved values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from crs.embedded import EmbeddedModelConfig
+from crs.errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help text."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# groups
+
+
+@dataclass
+class MethodConfig:
+    name: str = _f(MISSING, "Method name (tag in MLflow).")
+    credit: dict[str, Any] = _f(
+        {},
+        "Ordered credit steps {step: {args..., drive: {knob, neutral}}} applied to TRL's advantages/loss mask "
+        "(crs/credit.py). Empty = plain GRPO. The schedule drives `knob` as neutral + (value − neutral)·ρ.",
+    )
+    description: str = _f("", "One line: the paper and the idea.")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = _f(MISSING, "Shape: constant, linear, cosine, sigmoid, gamma, step (crs/schedules.py).")
+    m: float = _f(0.99, "Magnitude m: ρ held before `start` (RLVR-Schedule initial_schedule_magnitude=0.99).")
+    start: float = _f(0.0, "Fraction of training where ρ starts to move (min_schedule_ratio; paper: 0).")
+    end: float = _f(
+        0.8, "Fraction of training where ρ reaches 0 (max_schedule_ratio; paper: 0.8, last 20% = plain GRPO)."
+    )
+    invert: bool = _f(False, "Mirror in time: ρ rises from 0 instead of falling (e.g. to phase a method in).")
+    k: float = _f(8.0, "sigmoid steepness (hard-coded 8 in the authors' code).")
+    gamma: float = _f(2.0, "gamma shape exponent: ρ = (m(1−p))^γ (authors' default 2).")
+    milestones: list[float] = _f([], "step shape: schedule-progress points where the value changes.")
+    values: list[float] = _f([], "step shape: value from each milestone on.")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = _f(150, "Optimizer steps. The schedule clock is global_step / max_steps.")
+    per_device_train_batch_size: int = _f(
+        64, "Completions (not prompts) per device per micro-step; prompts/step = this × accumulation / num_generations."
+    )
+    num_generations: int = _f(8, "Group size G: completions per prompt for the group-relative baseline (GRPO).")
+    gradient_accumulation_steps: int = _f(
+        1, "Micro-steps per optimizer step. crs normalisers are exact at 1 (see crs/credit.py fold_token_weights)."
+    )
+    steps_per_generation: int | None = _f(
+        None, "Micro-steps served from one rollout (TRL default: = gradient_accumulation_steps, i.e. on-policy)."
+    )
+    num_iterations: int = _f(1, "μ: PPO epochs over each rollout (>1 makes the ratio/clip matter; GRPO paper).")
+    lr: float = _f(2e-4, "Learning rate (AdamW). Toy models need far more than the 1e-6 used for 4B models.")
+    lr_scheduler_type: str = _f("constant", "transformers LR schedule (constant, linear, cosine, ...).")
+    warmup_ratio: float = _f(0.0, "Fraction of steps of LR warm-up.")
+    weight_decay: float = _f(0.0, "AdamW weight decay (DAPO/80-20 recipes: 0.1).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping.")
+    beta: float = _f(
+        0.0, "KL coefficient to the reference model (k3 estimator). 0 = no reference model (DAPO, Dr.GRPO, paper)."
+    )
+    epsilon: float = _f(0.2, "PPO clip ε_low (GRPO 0.2; GSPO 3e-4).")
+    epsilon_high: float | None = _f(None, "Clip ε_high; null = ε_low. DAPO clip-higher: 0.28; GSPO 4e-4.")
+    loss_type: str = _f(
+        "grpo",
+        "TRL aggregation: grpo (per-sequence token mean; length-biased per Dr.GRPO), bnpo (micro-batch token "
+        "mean), dr_grpo (constant B·L_max normaliser), dapo (global token mean).",
+    )
+    scale_rewards: str = _f("group", "Advantage scaling: group (GRPO std), batch (Lite-PPO), none (Dr.GRPO).")
+    importance_sampling_level: str = _f(
+        "token", "token = per-token ratio (GRPO); sequence = GSPO's length-normalised sequence ratio."
+    )
+    mask_truncated_completions: bool = _f(False, "DAPO overlong filtering: truncated completions get no loss.")
+    filter_zero_std_groups: bool = _f(
+        False,
+        "DAPO dynamic sampling, filter half: groups whose rewards are all equal leave the loss and its "
+        "normaliser. The refill half (over-sampling prompts until the batch is full) is not implemented.",
+    )
+    soft_overlong_cache: int | None = _f(
+        None,
+        "DAPO soft overlong punishment: extra reward term, linear penalty over the last L_cache tokens before "
+        "max_completion_length (TRL get_soft_overlong_punishment). null = off.",
+    )
+    temperature: float = _f(1.0, "Sampling temperature (also divides logits for log-probs and entropies).")
+    top_p: float = _f(1.0, "Nucleus sampling.")
+    max_completion_length: int = _f(48, "Max new tokens per completion.")
+    eval_steps: int = _f(0, "Evaluate on the held-out split every N steps (0 = only at start/end).")
+    eval_on_start: bool = _f(True, "Evaluate before the first update (the baseline of every learning curve).")
+    num_generations_eval: int = _f(4, "Samples per eval prompt; eval_accuracy is pass@1 averaged over them.")
+    eval_prompts: int = _f(64, "Held-out prompts used per evaluation (≤ benchmark eval split).")
+    device: str = _f("auto", "auto (cuda if available), cpu or cuda.")
+    precision: str = _f("auto", "auto (bf16 on a bf16 GPU, fp32 on CPU), fp32, bf16, fp16.")
+    num_threads: int | None = _f(
+        None, "torch CPU threads; null = cores / concurrent jobs (SLURM_CPUS_PER_TASK or local launcher n_jobs)."
+    )
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory on large models.")
+    save_model: bool = _f(False, "Save the final policy (and LoRA adapter) into the job's output folder.")
+    extra: dict[str, Any] = _f({}, "Any other GRPOConfig field, passed through unchanged (checked by name).")
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = _f(False, "Train a LoRA adapter (PEFT) instead of all weights.")
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    dropout: float = _f(0.0, "LoRA dropout.")
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get adapters.")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f(MISSING, "Model tag in MLflow.")
+    name_or_path: str | None = _f(
+        None, "Hub id or local folder (transformers from_pretrained). null = the embedded model crs builds."
+    )
+    dtype: str = _f("auto", "Weights dtype: auto, float32, bfloat16, float16.")
+    trust_remote_code: bool = _f(False, "Allow custom model code from the hub.")
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    embedded: EmbeddedModelConfig = field(
+        default_factory=EmbeddedModelConfig,
+        metadata={"help": "How crs builds its own model (tokenizer, toy Qwen2, SFT warm-start) when name_or_path is null."},
+    )
+
+
+@dataclass
+class HFDatasetConfig:
+    name: str = _f("hf", "Registry name of the loader (crs/benchmarks/hf.py).")
+    path: str = _f(MISSING, "Hub dataset id, local folder, or a .jsonl/.json/.parquet/.csv file.")
+    subset: str | None = _f(None, "Dataset config name (e.g. gsm8k: main).")
+    train_split: str = _f("train", "Split used for RL prompts.")
+    eval_split: str = _f("test", "Held-out split for evaluation.")
+    question_field: str = _f("question", "Column with the problem text.")
+    answer_field: str = _f("answer", "Column with the reference answer.")
+    answer_format: str = _f(
+        "raw", "How to read the reference: raw, gsm8k (text after '####'), boxed (last \\boxed{} in a solution)."
+    )
+    prompt_template: str = _f(
+        "{question}\nPut your final answer within \\boxed{{}}.", "User message; {question} is replaced."
+    )
+    system_prompt: str | None = _f(None, "Optional system message.")
+    chat: bool = _f(True, "Conversational prompts (chat template) instead of plain text.")
+    n_train: int | None = _f(None, "Cap on training prompts (null = all), shuffled with the run seed.")
+    n_eval: int | None = _f(200, "Cap on eval prompts (first N; fixed across seeds).")
+
+
+@dataclass
+class TrackingConfig:
+    name: str = _f(MISSING, "mlflow or none (a null tracker).")
+    uri: str | None = _f(
+        None, "MLflow tracking URI; null = sqlite:///<launch dir>/mlflow.db. http://host:port for a shared server."
+    )
+    experiment: str = _f("crs", "MLflow experiment name.")
+    run_name: str | None = _f(None, "Run name; null = <method>-<schedule>-s<seed> (+ overrides in sweeps).")
+    sample_steps: int = _f(4, "Steps (evenly spaced, first and last included) whose rollouts are saved as JSON.")
+    sample_size: int = _f(8, "Completions saved per sampled step.")
+
+
+@dataclass
+class DiagnosticsConfig:
+    every: int = _f(
+        5, "Every N steps log entropy and post-update KL to the rollout policy per trajectory-percentile bin."
+    )
+    bins: int = _f(10, "Number of trajectory-percentile bins (relative position t / L_i).")
+    kl: bool = _f(True, "Measure per-bin KL after the update (one extra no-grad forward every `every` steps).")
+    heatmap: bool = _f(True, "Draw percentile × step heatmaps as PNG artifacts at the end of the run.")
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = _f("${oc.env:CRS_CACHE_DIR,${oc.env:HOME}/.cache/crs}", "Embedded model cache.")
+    output_dir: str = _f("${hydra:runtime.output_dir}", "This job's folder (Hydra).")
+
+
+def register_configs() -> None:
+    """Register every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(group="method", name="base_method", node=MethodConfig)
+    cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="tracking", name="base_tracking", node=TrackingConfig)
+    cs.store(group="benchmark", name="base_hf", node=HFDatasetConfig)
+    from crs.benchmarks.arithmetic import ArithmeticConfig
+
+    cs.store(group="benchmark", name="base_arithmetic", node=ArithmeticConfig)
+    cs.store(name="base_diagnostics", node=DiagnosticsConfig, package="diagnostics")
+    cs.store(name="base_paths", node=PathsConfig, package="paths")
+
+
+# ---------------------------------------------------------------------------------------------------
+# semantic checks (run before any model or dataset loads)
+
+_CHOICES = {
+    "trainer.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+    "trainer.scale_rewards": ("group", "batch", "none"),
+    "trainer.importance_sampling_level": ("token", "sequence"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "tracking.name": ("mlflow", "none"),
+}
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values that types cannot; raise :class:`ConfigError` naming the key and what is accepted."""
+    for key, choices in _CHOICES.items():
+        val = OmegaConf.select(cfg, key)
+        _check(val in choices, f"{key} must be one of {', '.join(choices)} (got {val!r})")
+    t = cfg.trainer
+    _check(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
+    _check(t.max_steps >= 1, f"trainer.max_steps must be >= 1 (got {t.max_steps})")
+    _check(t.num_generations >= 2, f"trainer.num_generations must be >= 2 for a group baseline (got {t.num_generations})")
+    _check(t.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size must be >= 1")
+    _check(t.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps must be >= 1")
+    spg = t.steps_per_generation or t.gradient_accumulation_steps
+    _check(
+        (t.per_device_train_batch_size * spg) % t.num_generations == 0,
+        f"trainer.per_device_train_batch_size × steps_per_generation ({t.per_device_train_batch_size}×{spg}) must be "
+        f"divisible by trainer.num_generations ({t.num_generations})",
+    )
+    _check(t.temperature > 0, f"trainer.temperature must be > 0 (got {t.temperature})")
+    _check(0 < t.top_p <= 1, f"trainer.top_p must be in (0, 1] (got {t.top_p})")
+    _check(t.max_completion_length >= 1, "trainer.max_completion_length must be >= 1")
+    _check(t.beta >= 0, f"trainer.beta must be >= 0 (got {t.beta})")
+    _check(t.epsilon > 0, f"trainer.epsilon must be > 0 (got {t.epsilon})")
+    _check(t.epsilon_high is None or t.epsilon_high > 0, "trainer.epsilon_high must be > 0 or null")
+    _check(0 <= t.warmup_ratio < 1, "trainer.warmup_ratio must be in [0, 1)")
+    _check(t.num_iterations >= 1, "trainer.num_iterations must be >= 1")
+    _check(t.eval_steps >= 0, "trainer.eval_steps must be >= 0")
+    _check(t.num_generations_eval >= 1, "trainer.num_generations_eval must be >= 1")
+    _check(
+        t.soft_overlong_cache is None or 0 < t.soft_overlong_cache < t.max_completion_length,
+        "trainer.soft_overlong_cache must be null or in (0, max_completion_length)",
+    )
+    if t.extra:
+        from trl import GRPOConfig
+
+        known = {f.name for f in fields(GRPOConfig)}
+        for key in t.extra:
+            _check(key in known, f"trainer.extra.{key} is not a GRPOConfig field")
+    s = cfg.schedule
+    from crs.schedules import SCHEDULES, schedule_from_cfg
+
+    _check(s.name in SCHEDULES, f"schedule.name must be one of {', '.join(sorted(SCHEDULES))} (got {s.name!r})")
+    _check(0 <= s.start < 1 and 0 < s.end <= 1, f"schedule.start/end must be fractions of training (got {s.start}, {s.end})")
+    try:
+        schedule_from_cfg(s)
+    except ValueError as err:
+        raise ConfigError(f"schedule: {err}") from None
+    from crs.credit import CreditChain
+
+    CreditChain(cfg.method.credit)  # raises ConfigError on unknown steps/arguments
+    d = cfg.diagnostics
+    _check(d.every >= 0 and d.bins >= 1, "diagnostics.every must be >= 0 and diagnostics.bins >= 1")
+    if cfg.get("inject_failure_at_step") is not None:
+        _check(cfg.inject_failure_at_step >= 0, "inject_failure_at_step must be >= 0 or null")

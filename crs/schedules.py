@@ -1,0 +1,143 @@
+"""Temporal schedules: how a credit criterion moves over training.
+
+"Not only where, but when" (arXiv 2605.25381): a credit method's criterion need not be fixed. A
+schedule maps training progress (``global_step / max_steps`` at *loss* time) to a scalar ``ρ`` that
+drives one knob of the active credit method. For TP-Schedule ``ρ`` is the withheld fraction of each
+response (only the tail ``1−ρ`` is trained); for other methods the yaml says which knob it drives.
+
+All schedules share the authors' conventions (RLVR-Schedule ``_prefix_curriculum``)::
+
+    p = clip((progress − start) / (end − start), 0, 1)        # schedule progress
+    ρ = shape(p)   with shape(0) = m-ish and shape(1) = 0      # hold before start, 0 after end
+
+Shapes (pure functions of ``p``)::
+
+    constant  ρ = m                                  (ignores progress: a static criterion)
+    linear    ρ = m·(1 − p)
+    cosine    ρ = m·(1 + cos(πp)) / 2
+    sigmoid   ρ = m·(σ(p) − σ(1)) / (σ(0) − σ(1)),  σ(p) = 1 / (1 + exp(k(p − ½)))   (k = 8)
+    gamma     ρ = (m·(1 − p))^γ                      (γ = 2; m is inside the power, as in the code)
+    step      ρ = m before the first milestone, values[i] from milestone i on
+
+``invert=true`` mirrors the shape in time (``ρ = shape(1 − p)``): the criterion rises from 0 to its
+full value instead of falling. Show any schedule before spending compute on it::
+
+    crs schedule linear schedule.end=0.8 --steps 10 --plot rho.png
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+SCHEDULES: dict[str, Callable[..., float]] = {}
+
+
+def register_schedule(name: str):
+    """Decorator: register ``shape(p, m, **params) -> float`` under ``name`` (duplicates raise)."""
+
+    def deco(fn):
+        if name in SCHEDULES and SCHEDULES[name] is not fn:
+            raise ValueError(f"schedule {name!r} is already registered")
+        SCHEDULES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_schedule("constant")
+def constant(p: float, m: float, **_: Any) -> float:
+    """ρ = m for the whole run (the static version of any criterion)."""
+    return m
+
+
+@register_schedule("linear")
+def linear(p: float, m: float, **_: Any) -> float:
+    """ρ = m·(1 − p): the paper's default (m = 0.99, end = 0.8)."""
+    return m * (1.0 - p)
+
+
+@register_schedule("cosine")
+def cosine(p: float, m: float, **_: Any) -> float:
+    """ρ = m·(1 + cos πp)/2: slow start and slow finish."""
+    return m * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+@register_schedule("sigmoid")
+def sigmoid(p: float, m: float, k: float = 8.0, **_: Any) -> float:
+    """Logistic decay centred at p = ½, normalised to exactly m at p = 0 and 0 at p = 1."""
+
+    def s(x: float) -> float:
+        return 1.0 / (1.0 + math.exp(k * (x - 0.5)))
+
+    return m * (s(p) - s(1.0)) / (s(0.0) - s(1.0))
+
+
+@register_schedule("gamma")
+def gamma(p: float, m: float, gamma: float = 2.0, **_: Any) -> float:
+    """ρ = (m·(1 − p))^γ; γ > 1 drops fast early, γ < 1 holds the criterion longer."""
+    return (m * (1.0 - p)) ** gamma
+
+
+@register_schedule("step")
+def step(
+    p: float, m: float, milestones: Sequence[float] = (), values: Sequence[float] = (), **_: Any
+) -> float:
+    """Piecewise constant: m until ``milestones[0]``, then ``values[i]`` from ``milestones[i]`` on.
+
+    Milestones are in schedule progress ``p`` (0 = start, 1 = end).
+    """
+    if len(milestones) != len(values):
+        raise ValueError("step schedule: milestones and values must have the same length")
+    value = m
+    for milestone, v in zip(milestones, values):
+        if p >= milestone:
+            value = v
+    return value
+
+
+def schedule_value(
+    name: str,
+    progress: float,
+    m: float = 0.99,
+    start: float = 0.0,
+    end: float = 0.8,
+    invert: bool = False,
+    **params: Any,
+) -> float:
+    """Value of schedule ``name`` at training ``progress`` ∈ [0, 1].
+
+    Args:
+        name: registered shape (``constant``, ``linear``, ``cosine``, ``sigmoid``, ``gamma``, ``step``).
+        progress: fraction of training done (crs uses ``global_step / max_steps`` at loss time).
+        m: magnitude, the value held before ``start``.
+        start, end: fractions of training where the schedule begins and finishes moving.
+        invert: mirror in time, so the value rises from 0 to the shape's start value.
+        params: shape parameters (``k``, ``gamma``, ``milestones``, ``values``); unknown ones are ignored.
+
+    Returns:
+        ``ρ`` as a Python float.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
+    shape = SCHEDULES[name]
+    if name == "constant":
+        return float(m)
+    if not end > start:
+        raise ValueError(f"schedule end ({end}) must be greater than start ({start})")
+    p = min(max((progress - start) / (end - start), 0.0), 1.0)
+    q = 1.0 - p if invert else p
+    # every decaying shape reaches exactly 0 at the end of its window ("0 after end")
+    return 0.0 if q >= 1.0 else float(shape(q, m, **params))
+
+
+def schedule_from_cfg(cfg: Mapping[str, Any]) -> Callable[[float], float]:
+    """Turn a ``schedule`` config node into ``progress -> ρ``."""
+    params = {k: v for k, v in dict(cfg).items() if k not in ("name",)}
+    params["milestones"] = list(params.get("milestones") or [])
+    params["values"] = list(params.get("values") or [])
+    name = cfg["name"]
+    # fail early on a bad config, not at step 1
+    schedule_value(name, 0.0, **params)
+    return lambda progress: schedule_value(name, progress, **params)

@@ -1,0 +1,142 @@
+"""Sweeps: one MLflow parent run per ``crs train -m``, created before any job starts.
+
+The Hydra callback :class:`MlflowSweepCallback` runs in the launching process. At
+``on_multirun_start`` it creates the experiment (so parallel jobs never race on sqlite schema or
+experiment creation) and a parent run, and writes ``<sweep dir>/crs_sweep.json`` — the parent run id,
+tracking URI, experiment, sweep id and the swept keys. Jobs read that file (it works on a shared file
+system, where environment variables of the launching shell do not reach SLURM array tasks) and open
+their runs as children, tagged ``sweep_id``, ``job_num``, ``overrides`` and ``sweep.<key>``.
+
+Hydra skips ``on_multirun_end`` when a job failed (it re-raises the job's exception after the batch),
+so the parent is also finalised at process exit: its status becomes FAILED if any child failed or was
+killed (tags ``jobs.finished``, ``jobs.failed``, ``jobs.killed`` say how many), FINISHED otherwise.
+SLURM shows Hydra jobs that raised as COMPLETED; MLflow is where the truth lives.
+
+    crs train -m method=grpo,tp_schedule schedule=linear seed=0,1 hydra/launcher=local
+    crs compare --last
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+SWEEP_FILE = "crs_sweep.json"
+
+
+def read_parent(sweep_dir: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The parent-run record a sweep wrote, or ``None`` (tracking=none, or not launched by crs)."""
+    if not sweep_dir:
+        return None
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def swept_keys(task_overrides: list[str], sweeper_params: dict[str, Any] | None) -> list[str]:
+    """Keys that take several values in this sweep (CLI ``a=1,2``/``range()``/``glob()`` or sweeper params)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    keys = [o.get_key_element() for o in parser.parse_overrides(task_overrides) if o.is_sweep_override()]
+    for key, value in (sweeper_params or {}).items():
+        parsed = parser.parse_overrides([f"{key}={value}"])[0]
+        if parsed.is_sweep_override():
+            keys.append(parsed.get_key_element())
+    return sorted({k.lstrip("+~") for k in keys})
+
+
+def finalize_sweep(info: dict[str, Any]) -> dict[str, int]:
+    """Close the parent run with a status derived from its children; idempotent."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(info["uri"])
+    parent = client.get_run(info["run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.sweep_id = '{info['sweep_id']}' and tags.`crs.role` = 'job'",
+        max_results=10000,
+    )
+    counts = {"finished": 0, "failed": 0, "killed": 0, "running": 0}
+    for run in children:
+        status = run.info.status.lower()
+        counts[status if status in counts else "running"] += 1
+    for key, value in counts.items():
+        client.set_tag(info["run_id"], f"jobs.{key}", str(value))
+    if parent.info.status == "RUNNING":
+        status = "FAILED" if counts["failed"] or counts["killed"] else "FINISHED"
+        client.set_terminated(info["run_id"], status=status)
+    return counts
+
+
+class MlflowSweepCallback(Callback):
+    """Parent run + experiment creation for multiruns (configured in ``conf/train.yaml`` ``hydra.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] | None = None
+        self._done = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("tracking") is None or config.tracking.name == "none":
+            return
+        from mlflow.tracking import MlflowClient
+
+        from crs.tracking import default_uri, ensure_experiment, git_sha
+
+        uri = config.tracking.uri or default_uri()
+        client = MlflowClient(uri)
+        exp_id = ensure_experiment(client, config.tracking.experiment, uri)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        params = config.hydra.sweeper.get("params") or {}
+        params = OmegaConf.to_container(params, resolve=False) if params else {}
+        keys = swept_keys(overrides, params)
+        sweep_id = uuid.uuid4().hex[:8]
+        choices = config.hydra.runtime.get("choices", {})
+        run = client.create_run(
+            exp_id,
+            run_name=f"sweep {sweep_dir.name} ({sweep_id})",
+            tags={
+                "crs.role": "sweep",
+                "sweep_id": sweep_id,
+                "sweep_dir": str(sweep_dir),
+                "swept_keys": ",".join(keys),
+                "overrides": " ".join(overrides),
+                "sweep_params": json.dumps(params),
+                "launcher": str(choices.get("hydra/launcher", "basic")),
+                "git_sha": git_sha(),
+            },
+        )
+        self.info = {
+            "run_id": run.info.run_id,
+            "uri": uri,
+            "experiment": config.tracking.experiment,
+            "sweep_id": sweep_id,
+            "swept_keys": keys,
+            "sweep_dir": str(sweep_dir),
+        }
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(self.info, indent=2))
+        atexit.register(self._finalize)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finalize()
+
+    def _finalize(self) -> None:
+        if self.info is None or self._done:
+            return
+        self._done = True
+        try:
+            counts = finalize_sweep(self.info)
+            print(
+                f"crs: sweep {self.info['sweep_id']} — {counts['finished']} finished, {counts['failed']} failed, "
+                f"{counts['killed']} killed. Compare with: crs compare --sweep {self.info['sweep_id']}",
+                flush=True,
+            )
+        except Exception as err:  # never mask the sweep's own outcome
+            print(f"crs: could not finalise the sweep's MLflow parent run: {err}", flush=True)

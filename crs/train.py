@@ -1,0 +1,476 @@
+"""``crs train``: GRPO on a verifiable task with a credit method and a temporal schedule.
+
+A thin ``@hydra.main`` (so ``-m`` sweeps, ``--cfg job`` and launchers work) over a plain
+:func:`train` that tests call directly. One job = one MLflow run::
+
+    crs train                                         # GRPO on the embedded default (builds it once)
+    crs train method=tp_schedule schedule=linear      # the paper's TP-Schedule
+    crs train -m method=grpo,tp_schedule schedule=linear seed=0,1,2 hydra/launcher=local
+
+Order of work, so bad input fails fast and nothing is lost: validate the config (one error line, no
+model loaded) → open the MLflow run → build the benchmark → load or build the model → train with a
+rich progress bar → evaluate → log summary, samples and heatmaps → close the run with its status in a
+``finally`` (FINISHED / FAILED / KILLED).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from crs.config import register_configs, validate
+from crs.errors import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class JobKilled(KeyboardInterrupt):
+    """SIGTERM (a SLURM time limit, scancel): the run ends as KILLED."""
+
+
+def quiet_env() -> None:
+    """Environment switches that must be set before the libraries are imported."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")  # crs logs to MLflow itself
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def quiet() -> None:
+    """Silence what a user cannot act on: hub telemetry, experimental/deprecation chatter, INFO logs."""
+    quiet_env()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+    for name in ("mlflow", "alembic", "urllib3", "datasets", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _hydra_context() -> dict[str, Any]:
+    """What Hydra knows about this job (empty when train() is called without @hydra.main)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    ctx: dict[str, Any] = {
+        "choices": dict(hc.runtime.choices),
+        "output_dir": hc.runtime.output_dir,
+        "multirun": str(hc.mode) == "RunMode.MULTIRUN",
+        "overrides": list(hc.overrides.task),
+        "launcher": OmegaConf.to_container(hc.launcher, resolve=False) if "launcher" in hc else {},
+    }
+    if ctx["multirun"]:
+        ctx["sweep_dir"] = hc.sweep.dir
+        ctx["job_num"] = hc.job.num
+    return ctx
+
+
+def set_threads(cfg: DictConfig, ctx: dict[str, Any]) -> int:
+    """One job per core at most: threads = cores / concurrent jobs unless trainer.num_threads says."""
+    import torch
+
+    n = cfg.trainer.num_threads
+    if n is None:
+        cores = os.cpu_count() or 1
+        if os.environ.get("SLURM_CPUS_PER_TASK"):
+            n = int(os.environ["SLURM_CPUS_PER_TASK"])
+        elif ctx.get("multirun") and "Joblib" in str(ctx.get("launcher", {}).get("_target_", "")):
+            jobs = int(ctx["launcher"].get("n_jobs") or -1)
+            jobs = cores if jobs < 1 else jobs
+            n = max(1, cores // jobs)
+        else:
+            n = cores
+    torch.set_num_threads(max(1, int(n)))
+    return int(n)
+
+
+def _run_name(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -> str:
+    if cfg.tracking.get("run_name"):
+        return str(cfg.tracking.run_name)
+    choices = ctx.get("choices", {})
+    base = f"{choices.get('method', cfg.method.name)}-{choices.get('schedule', cfg.schedule.name)}"
+    if choices.get("loss", "grpo") != "grpo":
+        base += f"-{choices['loss']}"
+    base += f"-s{cfg.seed}"
+    if parent is not None:
+        base = f"{ctx.get('job_num')}:{base}"
+    return base
+
+
+def _tags(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -> dict[str, Any]:
+    from crs.tracking import git_sha, versions
+
+    choices = ctx.get("choices", {})
+    tags = {
+        "method": choices.get("method", cfg.method.name),
+        "schedule": choices.get("schedule", cfg.schedule.name),
+        "loss": choices.get("loss", cfg.trainer.loss_type),
+        "model": choices.get("model", cfg.model.name),
+        "benchmark": choices.get("benchmark", cfg.benchmark.name),
+        "seed": cfg.seed,
+        "git_sha": git_sha(),
+        "crs.role": "job",
+    }
+    if choices.get("experiment"):
+        tags["experiment"] = choices["experiment"]
+    if cfg.get("tags"):
+        tags["tags"] = ",".join(map(str, cfg.tags))
+    tags.update({f"version.{k}": v for k, v in versions().items()})
+    if parent is not None:
+        tags["sweep_id"] = parent["sweep_id"]
+        tags["job_num"] = ctx.get("job_num")
+        tags["overrides"] = " ".join(ctx.get("overrides", []))
+        swept = set(parent.get("swept_keys", []))
+        for ov in ctx.get("overrides", []):
+            key, _, value = ov.lstrip("+~").partition("=")
+            if key in swept:
+                tags[f"sweep.{key}"] = value
+    return tags
+
+
+def resolve_model_path(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
+    """``model.name_or_path`` as given, or the embedded model (built and cached on first use)."""
+    if cfg.model.name_or_path:
+        return str(cfg.model.name_or_path), None
+    from crs.embedded import EmbeddedModelConfig, ensure_embedded_model
+
+    mcfg = EmbeddedModelConfig(**OmegaConf.to_container(cfg.model.embedded, resolve=True))
+    path = ensure_embedded_model(mcfg, cfg.benchmark, Path(cfg.paths.cache_dir))
+    report = path / "crs_pretrain.json"
+    return str(path), (json.loads(report.read_text()) if report.exists() else None)
+
+
+def load_model(cfg: DictConfig, path: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+    if dtype == "auto" and not torch.cuda.is_available():
+        dtype = torch.float32
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    return model, tok
+
+
+def grpo_args(cfg: DictConfig, output_dir: Path):
+    """The GRPOConfig for this job (every knob comes from cfg.trainer)."""
+    import torch
+    from trl import GRPOConfig
+
+    t = cfg.trainer
+    cuda = torch.cuda.is_available() and t.device != "cpu"
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible")
+    precision = t.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    n_eval = t.num_generations_eval
+    eval_prompts_per_batch = max(1, min(16, t.eval_prompts))
+    kwargs = dict(
+        output_dir=str(output_dir / "trl"),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=n_eval * eval_prompts_per_batch,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        steps_per_generation=t.steps_per_generation,
+        num_iterations=t.num_iterations,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of max_steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        beta=t.beta,
+        epsilon=t.epsilon,
+        epsilon_high=t.epsilon_high,
+        loss_type=t.loss_type,
+        scale_rewards=t.scale_rewards,
+        importance_sampling_level=t.importance_sampling_level,
+        mask_truncated_completions=t.mask_truncated_completions,
+        temperature=t.temperature,
+        top_p=t.top_p,
+        max_completion_length=t.max_completion_length,
+        num_generations=t.num_generations,
+        num_generations_eval=n_eval,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=not cuda,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
+        eval_strategy="steps" if t.eval_steps > 0 else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(OmegaConf.to_container(t.extra, resolve=True))
+    return GRPOConfig(**kwargs)
+
+
+def _sample_steps(max_steps: int, n: int) -> list[int]:
+    if n <= 0:
+        return []
+    if n == 1:
+        return [0]
+    return sorted({round(i * (max_steps - 1) / (n - 1)) for i in range(n)})
+
+
+def summarize(log_history: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """Numbers a researcher reads first, from the trainer's per-step logs (no hard-coded values)."""
+    train = [h for h in log_history if "reward" in h and "step" in h]
+    evals = [h for h in log_history if "eval_accuracy" in h]
+    out: dict[str, Any] = {"steps": max((h["step"] for h in train), default=0), "wall_time_s": wall}
+
+    def window(key: str, first: bool) -> float | None:
+        vals = [h[key] for h in train if h.get(key) is not None]
+        if not vals:
+            return None
+        k = max(1, len(vals) // 10)
+        part = vals[:k] if first else vals[-k:]
+        return sum(part) / len(part)
+
+    for key, name in (("accuracy", "train_accuracy"), ("reward", "reward")):
+        out[f"{name}_first10"] = window(key, True)
+        out[f"{name}_last10"] = window(key, False)
+    acc = [(h["step"], h["accuracy"]) for h in train if h.get("accuracy") is not None]
+    if acc:
+        best = max(acc, key=lambda x: x[1])
+        out["train_accuracy_best"], out["train_accuracy_best_step"] = best[1], best[0]
+    ent = [h["entropy/all"] for h in train if h.get("entropy/all") is not None]
+    if ent:
+        out["entropy_first"], out["entropy_last"] = ent[0], ent[-1]
+    if evals:
+        start = [e for e in evals if e.get("step") == 0]
+        out["eval_accuracy_start"] = start[0]["eval_accuracy"] if start else None
+        out["eval_accuracy_end"] = evals[-1]["eval_accuracy"]
+        out["eval_accuracy_best"] = max(e["eval_accuracy"] for e in evals)
+    first, last = out.get("reward_first10"), out.get("reward_last10")
+    if first is not None and last is not None:
+        out["verdict"] = (
+            f"mean reward rose {first:.3f} → {last:.3f}" if last > first else f"mean reward did NOT rise ({first:.3f} → {last:.3f})"
+        )
+    return out
+
+
+def _heatmap_histories(log_history: list[dict[str, Any]], bins: int) -> dict[str, dict[int, list[float]]]:
+    out: dict[str, dict[int, list[float]]] = {"entropy": {}, "kl": {}}
+    for h in log_history:
+        for fam in out:
+            vals = [h.get(f"diag/{fam}_bin_{i}") for i in range(bins)]
+            if all(v is not None for v in vals):
+                out[fam][h["step"]] = vals
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job described by a composed config; returns the summary dict."""
+    validate(cfg)  # one clear error before anything heavy happens
+    quiet()
+    ctx = _hydra_context()
+    output_dir = Path(ctx.get("output_dir") or cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    from crs.sweep import read_parent
+    from crs.tracking import build_tracker, flatten
+
+    parent = read_parent(ctx.get("sweep_dir")) if ctx.get("multirun") else None
+    tcfg = cfg.tracking
+    if parent is not None and tcfg.name != "none":
+        # jobs of a sweep always log where the parent run lives
+        OmegaConf.set_struct(cfg, False)
+        cfg.tracking.uri = parent["uri"]
+        cfg.tracking.experiment = parent["experiment"]
+        OmegaConf.set_struct(cfg, True)
+    tracker = build_tracker(cfg.tracking)
+    tracker.start(
+        run_name=_run_name(cfg, ctx, parent),
+        parent_run_id=parent["run_id"] if parent else None,
+        tags=_tags(cfg, ctx, parent),
+    )
+    status, error = "FINISHED", None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _on_term(signum, frame):
+        raise JobKilled(f"signal {signum}")
+
+    try:
+        signal.signal(signal.SIGTERM, _on_term)
+    except ValueError:  # not the main thread (e.g. a thread-based launcher): keep the default
+        previous = None
+    t0 = time.time()
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        tracker.log_params(flatten(resolved))
+        hydra_dir = output_dir / ".hydra"
+        tracker.log_artifacts(hydra_dir, "hydra")
+        summary = _train(cfg, ctx, tracker, output_dir, t0)
+        return summary
+    except KeyboardInterrupt as err:
+        status, error = "KILLED", f"{type(err).__name__}: {err}"
+        raise
+    except BaseException as err:
+        status, error = "FAILED", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        tracker.end(status, error)
+
+
+def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: float) -> dict[str, Any]:
+    import torch
+    from transformers import PrinterCallback, set_seed
+
+    from crs.benchmarks import build_benchmark
+    from crs.credit import CreditChain
+    from crs.progress import RichProgressCallback, console, summary_table
+    from crs.schedules import schedule_from_cfg
+    from crs.trainer import CreditGRPOTrainer
+
+    threads = set_threads(cfg, ctx)
+    set_seed(cfg.seed)
+    bench = build_benchmark(cfg.benchmark, cfg.seed)
+    model_path, pretrain_report = resolve_model_path(cfg)
+    if pretrain_report is not None:
+        tracker.log_dict(pretrain_report, "model/pretrain_report.json")
+    set_seed(cfg.seed)
+    model, tokenizer = load_model(cfg, model_path)
+    args = grpo_args(cfg, output_dir)
+    tracker.log_dict(json.loads(args.to_json_string()), "config/grpo_config.json")
+    reward_funcs = list(bench.reward_funcs)
+    if cfg.trainer.soft_overlong_cache:
+        from trl.rewards import get_soft_overlong_punishment
+
+        reward_funcs.append(get_soft_overlong_punishment(cfg.trainer.max_completion_length, cfg.trainer.soft_overlong_cache))
+    peft_config = None
+    if cfg.model.lora.enabled:
+        from peft import LoraConfig
+
+        lora = cfg.model.lora
+        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    eval_ds = bench.eval.select(range(min(cfg.trainer.eval_prompts, len(bench.eval))))
+    trainer = CreditGRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=bench.train,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        credit=CreditChain(cfg.method.credit),
+        schedule=schedule_from_cfg(cfg.schedule),
+        filter_zero_std_groups=cfg.trainer.filter_zero_std_groups,
+        diagnostics_every=cfg.diagnostics.every,
+        diagnostics_bins=cfg.diagnostics.bins,
+        diagnostics_kl=cfg.diagnostics.kl,
+        sample_steps=_sample_steps(cfg.trainer.max_steps, cfg.tracking.sample_steps),
+        sample_size=cfg.tracking.sample_size,
+    )
+    trainer.remove_callback(PrinterCallback)
+    cb = tracker.callback()
+    if cb is not None:
+        trainer.add_callback(cb)
+    title = f"{ctx.get('choices', {}).get('method', cfg.method.name)} × {ctx.get('choices', {}).get('schedule', cfg.schedule.name)} (seed {cfg.seed})"
+    trainer.add_callback(RichProgressCallback(title))
+    if cfg.get("inject_failure_at_step") is not None:
+        trainer.add_callback(_inject_failure(int(cfg.inject_failure_at_step)))
+    console.print(
+        f"[bold]crs[/bold] {title}: model {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), "
+        f"benchmark {cfg.benchmark.name} ({len(bench.train)} train / {len(eval_ds)} eval prompts), "
+        f"{cfg.trainer.max_steps} steps, device {'cuda' if not args.use_cpu else 'cpu'} × {threads} threads"
+    )
+    if cfg.trainer.eval_on_start:
+        trainer.evaluate()
+    trainer.train()
+    if cfg.trainer.eval_steps == 0 or cfg.trainer.max_steps % cfg.trainer.eval_steps:
+        trainer.evaluate()  # the final evaluation, unless the periodic one already landed on the last step
+    wall = time.time() - t0
+    summary = summarize(trainer.state.log_history, wall)
+    summary.update({"mlflow_run_id": tracker.run_id, "mlflow_uri": tracker.uri, "output_dir": str(output_dir)})
+    final = {f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    tracker.log_metrics(final, step=trainer.state.global_step)
+    tracker.log_dict(summary, "summary.json")
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if trainer.samples:
+        tracker.log_dict(trainer.samples, "samples/rollouts.json")
+        (output_dir / "samples.json").write_text(json.dumps(trainer.samples, indent=2, default=str))
+    if cfg.diagnostics.heatmap and cfg.diagnostics.every > 0:
+        from crs.diagnostics import draw_heatmaps
+
+        paths = draw_heatmaps(_heatmap_histories(trainer.state.log_history, cfg.diagnostics.bins), output_dir / "plots", title)
+        if paths:
+            tracker.log_artifacts(output_dir / "plots", "plots")
+    if cfg.trainer.save_model:
+        trainer.save_model(str(output_dir / "model"))
+    console.print(summary_table(summary, title))
+    del trainer, model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return summary
+
+
+def _inject_failure(step: int):
+    """A callback that raises at ``step``: shows a failing job ends FAILED while the rest of a sweep goes on."""
+    from transformers import TrainerCallback
+
+    class InjectFailure(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                raise RuntimeError(f"injected failure at step {state.global_step} (inject_failure_at_step={step})")
+
+    return InjectFailure()
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point. In a single run a ConfigError prints one line and exits 2; in a sweep it raises
+    so Hydra records the failed job and the other jobs still run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    multirun = str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+    try:
+        summary = train(cfg)
+    except ConfigError as err:
+        if multirun:
+            raise
+        from crs.progress import error_line
+
+        error_line(str(err))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if multirun:
+            raise
+        sys.exit(130)
+    return summary.get("eval_accuracy_end")

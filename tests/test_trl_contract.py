@@ -1,0 +1,76 @@
+"""Fails loudly when a TRL upgrade changes the private methods crs's one subclass relies on.
+
+crs overrides ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss`` and
+``_get_per_token_logps_and_entropies`` and depends on the order of operations inside ``_compute_loss``.
+If this file fails after upgrading trl, re-read crs/trainer.py against the new grpo_trainer.py
+before relaxing anything here.
+
+    pytest tests/test_trl_contract.py
+"""
+
+import inspect
+import pkgutil
+
+import trl
+from packaging.version import Version
+from trl import GRPOTrainer
+
+import crs
+
+
+def test_trl_version_is_the_pinned_minor():
+    v = Version(trl.__version__)
+    assert Version("1.16") <= v < Version("1.17"), f"crs was checked against trl 1.16.x, found {v}"
+
+
+def _params(fn):
+    return list(inspect.signature(fn).parameters)
+
+
+def test_overridden_signatures():
+    assert _params(GRPOTrainer._calculate_rewards) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert _params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
+    assert _params(GRPOTrainer.compute_loss)[:5] == ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
+    params = _params(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert params[:5] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep"]
+    assert "compute_entropy" in params
+
+
+def test_compute_loss_order_of_operations():
+    src = inspect.getsource(GRPOTrainer._compute_loss)
+    # attention uses completion_mask only; the loss mask multiplies in tool_mask (crs's loss-only mask)
+    assert "attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)" in src
+    assert 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]' in src
+    # crs rewrites the advantages inside the logps/entropies call; TRL must read them afterwards
+    i_fwd = src.index("self._get_per_token_logps_and_entropies(")
+    assert "compute_entropy=True" in src[i_fwd : i_fwd + 400]
+    i_adv = src.index('advantages = inputs["advantages"]')
+    assert i_fwd < i_adv
+    # [B,T] advantages are accepted as is
+    assert "if advantages.dim() == 1:" in src
+    # the dapo normaliser reads num_items_in_batch from the batch dict (crs rescales it)
+    assert 'inputs["num_items_in_batch"]' in src
+    # GSPO's sequence ratio is a mean over the loss mask (so TP's mask applies to it)
+    assert "(log_ratio * mask).sum(-1) / mask.sum(-1)" in src
+
+
+def test_generation_contract():
+    src = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "self._calculate_rewards(inputs, prompts, completions, completion_ids_list)" in src
+    assert "process_slice = slice(" in src
+    for key in ('"completion_mask"', '"advantages"', '"num_items_in_batch"', '"completion_ids"'):
+        assert key in src
+    prep = inspect.getsource(GRPOTrainer._prepare_inputs)
+    assert "shuffle_sequence_dict(generation_batch)" in prep  # rows are shuffled: crs adds features before
+
+
+def test_exactly_one_grpo_subclass_in_crs():
+    import importlib
+
+    subclasses = []
+    for mod in pkgutil.walk_packages(crs.__path__, "crs."):
+        module = importlib.import_module(mod.name)
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, GRPOTrainer) and obj is not GRPOTrainer and obj.__module__ == mod.name:
+                subclasses.append(f"{mod.name}.{obj.__name__}")
+    assert subclasses == ["crs.trainer.CreditGRPOTrainer"]
