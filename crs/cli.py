@@ -1,6 +1,7 @@
 """``crs`` command line: one verb per job.
 
     crs train [overrides]            GRPO + credit method + schedule (Hydra: -m, --cfg job, --help work)
+    crs sweep <grid> [overrides]     a grid from sweeps/<grid>.yaml (= crs train --config-dir sweeps --config-name <grid>)
     crs pretrain [overrides]         build (or show) the embedded warm-started model
     crs schedule <option> [overrides] [--steps N] [--plot file.png]   look at a schedule before using it
     crs compare [--sweep ID | --experiment NAME | --last] [--format ...] [--plot DIR]
@@ -17,8 +18,10 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 USAGE = __doc__.split("\n\n")[1]
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 
 
 def _one_line(err: BaseException) -> str:
@@ -158,8 +161,6 @@ def ui_cmd(argv: list[str]) -> None:
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
     cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     if uri.startswith("sqlite:///"):
-        from pathlib import Path
-
         cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()]
     sys.exit(subprocess.call(cmd))
 
@@ -177,6 +178,23 @@ def main(argv: list[str] | None = None) -> None:
         from crs.train import main as entry
 
         _hydra_verb("train", rest, entry)
+    elif verb == "sweep":
+        if not rest or rest[0].startswith("-"):
+            grids = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+            print(f"usage: crs sweep <grid> [overrides]   grids in {SWEEPS_DIR}: {', '.join(grids)}", file=sys.stderr)
+            sys.exit(2)
+        grid = Path(rest[0])
+        if grid.suffix == ".yaml":  # a grid file anywhere
+            config_dir, name = grid.resolve().parent, grid.stem
+        else:
+            config_dir, name = SWEEPS_DIR, rest[0]
+            if not (config_dir / f"{name}.yaml").exists():
+                grids = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+                print(f"crs: error: no grid {name!r}; known: {', '.join(grids)}", file=sys.stderr)
+                sys.exit(2)
+        from crs.train import main as entry
+
+        _hydra_verb("train", ["--config-dir", str(config_dir), "--config-name", name, *rest[1:]], entry)
     elif verb == "pretrain":
         from crs.pretrain import main as entry
 

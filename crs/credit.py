@@ -498,6 +498,27 @@ class CreditChain:
                 if not isinstance(args.get(drive["knob"]), int | float) or isinstance(args.get(drive["knob"]), bool):
                     raise ConfigError(f"method.credit.{name}.drive.knob {drive['knob']!r} must be numeric")
             self.steps.append(_Planned(step, args, drive))
+        self._dry_run()
+
+    def _dry_run(self) -> None:
+        """Run every step once on a tiny synthetic batch, so bad argument *values* fail at config time."""
+        if not self.steps:
+            return
+        feats = rollout_features(
+            torch.tensor([1.0, 0.0]), torch.tensor([True, False]), torch.tensor([3, 2]),
+            torch.tensor([False, False]), 2, self.features,
+        )
+        batch = CreditBatch(
+            advantages=torch.tensor([0.5, -0.5]), mask=torch.tensor([[1.0, 1, 1], [1, 1, 0]]), features=feats,
+            entropies=torch.rand(2, 3), logps=-torch.rand(2, 3),
+        )
+        for rho in (0.0, 1.0):
+            try:
+                self.advantage_phase(batch.replace(mask=self.mask_phase(batch, rho)), rho)
+            except ConfigError:
+                raise
+            except Exception as err:  # a value the math cannot take (e.g. a negative exponent base)
+                raise ConfigError(f"method.credit: {type(err).__name__}: {err}") from None
 
     # -- introspection -------------------------------------------------------------------------------
     @property

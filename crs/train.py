@@ -112,8 +112,12 @@ def set_threads(cfg: DictConfig, ctx: dict[str, Any]) -> int:
 def _run_name(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -> str:
     if cfg.tracking.get("run_name"):
         return str(cfg.tracking.run_name)
+    from crs.credit import CreditChain
+
     choices = ctx.get("choices", {})
-    base = f"{choices.get('method', cfg.method.name)}-{choices.get('schedule', cfg.schedule.name)}"
+    base = str(choices.get("method", cfg.method.name))
+    if CreditChain(cfg.method.credit).knobs(1.0):  # the schedule only matters when it drives a knob
+        base += f"-{choices.get('schedule', cfg.schedule.name)}"
     if choices.get("loss", "grpo") != "grpo":
         base += f"-{choices['loss']}"
     base += f"-s{cfg.seed}"

@@ -1,0 +1,99 @@
+"""Every option of every config group composes and validates; schemas reject typos and bad values.
+
+    pytest tests/test_configs.py
+"""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from crs.cli import compose
+from crs.config import validate
+from crs.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def _options(group: str) -> list[str]:
+    root = CONF / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+GROUPS = ["method", "schedule", "loss", "model", "benchmark", "trainer", "tracking", "debug", "experiment"]
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda x: str(x)
+)
+def test_every_option_composes_and_validates(group, option):
+    cfg = compose([f"{group}={option}"])
+    validate(cfg)
+    OmegaConf.to_container(cfg.method, resolve=True)
+
+
+@pytest.mark.parametrize("launcher", [p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")])
+def test_launchers_compose(launcher):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hcompose(config_name="train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert "submitit" in cfg.hydra.launcher._target_.lower() or "joblib" in cfg.hydra.launcher._target_.lower()
+
+
+@pytest.mark.parametrize("grid", [p.stem for p in SWEEPS.glob("*.yaml")])
+def test_sweep_grids_compose(grid):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from crs.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
+        cfg = hcompose(config_name=grid, overrides=[f"hydra.searchpath=[file://{CONF}]"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params, "a grid must sweep something"
+    validate(cfg)
+
+
+def test_defaults():
+    cfg = compose([])
+    assert cfg.method.name == "grpo" and cfg.schedule.name == "linear" and cfg.trainer.loss_type == "grpo"
+    assert cfg.tracking.name == "mlflow" and cfg.model.name_or_path is None
+
+
+def test_loss_presets_patch_the_trainer():
+    dr = compose(["loss=dr_grpo"]).trainer
+    assert dr.loss_type == "dr_grpo" and dr.scale_rewards == "none"  # both Dr.GRPO fixes, not only the loss
+    dapo = compose(["loss=dapo"]).trainer
+    assert (dapo.epsilon, dapo.epsilon_high, dapo.loss_type) == (0.2, 0.28, "dapo")
+    assert dapo.mask_truncated_completions and dapo.filter_zero_std_groups and dapo.soft_overlong_cache
+    gspo = compose(["loss=gspo"]).trainer
+    assert gspo.importance_sampling_level == "sequence" and gspo.epsilon == 3e-4 and gspo.epsilon_high == 4e-4
+    # a command-line value still wins over the preset
+    assert compose(["loss=dapo", "trainer.epsilon_high=0.3"]).trainer.epsilon_high == 0.3
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("trainer.lr=-1", "trainer.lr"),
+        ("trainer.loss_type=ppo", "trainer.loss_type"),
+        ("trainer.num_generations=1", "num_generations"),
+        ("trainer.per_device_train_batch_size=6", "divisible"),
+        ("schedule.end=0", "schedule"),
+        ("+trainer.extra.not_a_field=1", "trainer.extra.not_a_field"),
+        ("+method.credit.nope={}", "unknown step"),
+    ],
+)
+def test_invalid_values_raise_config_error(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        validate(compose([override]))
+
+
+@pytest.mark.parametrize("override", ["trainer.lrr=1", "trainer.lr=abc", "method=nope", "model.embedded.hidden=3"])
+def test_typos_and_types_fail_at_composition(override):
+    with pytest.raises(Exception):
+        compose([override])
