@@ -15,7 +15,6 @@ typo, a wrong type or an invalid value is one line on stderr (exit 2) before any
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +32,9 @@ def _one_line(err: BaseException) -> str:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
         if lines:
-            text = " ".join(lines[:8]).split(" Config search path")[0].replace(": \t", ": ").replace("\t", " ")
+            text = (
+                " ".join(lines[:8]).split(" Config search path")[0].replace(": \t", ": ").replace("\t", " ")
+            )
             parts.append(text if len(text) <= 300 else text[:297] + "...")
     return " — ".join(dict.fromkeys(parts)) or type(err).__name__
 
@@ -78,10 +79,19 @@ def _hydra_verb(verb: str, argv: list[str], entry) -> None:
 
 
 def schedule_cmd(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="crs schedule", description="Print (and plot) a schedule's ρ over training.")
+    p = argparse.ArgumentParser(
+        prog="crs schedule", description="Print (and plot) a schedule's ρ over training."
+    )
     p.add_argument("option", help="schedule option: constant, linear, cosine, sigmoid, gamma, step")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. schedule.end=0.5 method=forking_tokens")
-    p.add_argument("--steps", type=int, default=None, help="print every step of an N-step run (default: progress 0, 0.1, …, 1)")
+    p.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. schedule.end=0.5 method=forking_tokens"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="print every step of an N-step run (default: progress 0, 0.1, …, 1)",
+    )
     p.add_argument("--plot", default=None, help="write a PNG of ρ (and driven knobs) vs progress")
     args = p.parse_intermixed_args(argv)
     from rich.console import Console
@@ -124,7 +134,11 @@ def schedule_cmd(argv: list[str]) -> None:
         r = rho(prog)
         knobs = chain.knobs(r)
         rows.append((prog, r, knobs))
-        cells = ([str(step)] if args.steps else []) + [f"{prog:.3f}", f"{r:.4g}"] + [f"{knobs[k]:.4g}" for k in knob_names]
+        cells = (
+            ([str(step)] if args.steps else [])
+            + [f"{prog:.3f}", f"{r:.4g}"]
+            + [f"{knobs[k]:.4g}" for k in knob_names]
+        )
         table.add_row(*cells)
     Console().print(table)
     if args.plot:
@@ -161,7 +175,10 @@ def ui_cmd(argv: list[str]) -> None:
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
     cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()]
+        cmd += [
+            "--default-artifact-root",
+            (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri(),
+        ]
     sys.exit(subprocess.call(cmd))
 
 
@@ -181,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     elif verb == "sweep":
         if not rest or rest[0].startswith("-"):
             grids = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
-            print(f"usage: crs sweep <grid> [overrides]   grids in {SWEEPS_DIR}: {', '.join(grids)}", file=sys.stderr)
+            print(
+                f"usage: crs sweep <grid> [overrides]   grids in {SWEEPS_DIR}: {', '.join(grids)}",
+                file=sys.stderr,
+            )
             sys.exit(2)
         grid = Path(rest[0])
         if grid.suffix == ".yaml":  # a grid file anywhere

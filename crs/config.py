@@ -62,23 +62,31 @@ class ScheduleConfig:
 class TrainerConfig:
     max_steps: int = _f(150, "Optimizer steps. The schedule clock is global_step / max_steps.")
     per_device_train_batch_size: int = _f(
-        64, "Completions (not prompts) per device per micro-step; prompts/step = this × accumulation / num_generations."
+        64,
+        "Completions (not prompts) per device per micro-step; prompts/step = this × accumulation / num_generations.",
     )
-    num_generations: int = _f(8, "Group size G: completions per prompt for the group-relative baseline (GRPO).")
+    num_generations: int = _f(
+        8, "Group size G: completions per prompt for the group-relative baseline (GRPO)."
+    )
     gradient_accumulation_steps: int = _f(
-        1, "Micro-steps per optimizer step. crs normalisers are exact at 1 (see crs/credit.py fold_token_weights)."
+        1,
+        "Micro-steps per optimizer step. crs normalisers are exact at 1 (see crs/credit.py fold_token_weights).",
     )
     steps_per_generation: int | None = _f(
-        None, "Micro-steps served from one rollout (TRL default: = gradient_accumulation_steps, i.e. on-policy)."
+        None,
+        "Micro-steps served from one rollout (TRL default: = gradient_accumulation_steps, i.e. on-policy).",
     )
-    num_iterations: int = _f(1, "μ: PPO epochs over each rollout (>1 makes the ratio/clip matter; GRPO paper).")
+    num_iterations: int = _f(
+        1, "μ: PPO epochs over each rollout (>1 makes the ratio/clip matter; GRPO paper)."
+    )
     lr: float = _f(2e-4, "Learning rate (AdamW). Toy models need far more than the 1e-6 used for 4B models.")
     lr_scheduler_type: str = _f("constant", "transformers LR schedule (constant, linear, cosine, ...).")
     warmup_ratio: float = _f(0.0, "Fraction of steps of LR warm-up.")
     weight_decay: float = _f(0.0, "AdamW weight decay (DAPO/80-20 recipes: 0.1).")
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
     beta: float = _f(
-        0.0, "KL coefficient to the reference model (k3 estimator). 0 = no reference model (DAPO, Dr.GRPO, paper)."
+        0.0,
+        "KL coefficient to the reference model (k3 estimator). 0 = no reference model (DAPO, Dr.GRPO, paper).",
     )
     epsilon: float = _f(0.2, "PPO clip ε_low (GRPO 0.2; GSPO 3e-4).")
     epsilon_high: float | None = _f(None, "Clip ε_high; null = ε_low. DAPO clip-higher: 0.28; GSPO 4e-4.")
@@ -91,7 +99,9 @@ class TrainerConfig:
     importance_sampling_level: str = _f(
         "token", "token = per-token ratio (GRPO); sequence = GSPO's length-normalised sequence ratio."
     )
-    mask_truncated_completions: bool = _f(False, "DAPO overlong filtering: truncated completions get no loss.")
+    mask_truncated_completions: bool = _f(
+        False, "DAPO overlong filtering: truncated completions get no loss."
+    )
     filter_zero_std_groups: bool = _f(
         False,
         "DAPO dynamic sampling, filter half: groups whose rewards are all equal leave the loss and its "
@@ -112,7 +122,8 @@ class TrainerConfig:
     device: str = _f("auto", "auto (cuda if available), cpu or cuda.")
     precision: str = _f("auto", "auto (bf16 on a bf16 GPU, fp32 on CPU), fp32, bf16, fp16.")
     num_threads: int | None = _f(
-        None, "torch CPU threads; null = cores / concurrent jobs (SLURM_CPUS_PER_TASK or local launcher n_jobs)."
+        None,
+        "torch CPU threads; null = cores / concurrent jobs (SLURM_CPUS_PER_TASK or local launcher n_jobs).",
     )
     gradient_checkpointing: bool = _f(False, "Trade compute for memory on large models.")
     save_model: bool = _f(False, "Save the final policy (and LoRA adapter) into the job's output folder.")
@@ -139,7 +150,9 @@ class ModelConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     embedded: EmbeddedModelConfig = field(
         default_factory=EmbeddedModelConfig,
-        metadata={"help": "How crs builds its own model (tokenizer, toy Qwen2, SFT warm-start) when name_or_path is null."},
+        metadata={
+            "help": "How crs builds its own model (tokenizer, toy Qwen2, SFT warm-start) when name_or_path is null."
+        },
     )
 
 
@@ -153,7 +166,8 @@ class HFDatasetConfig:
     question_field: str = _f("question", "Column with the problem text.")
     answer_field: str = _f("answer", "Column with the reference answer.")
     answer_format: str = _f(
-        "raw", "How to read the reference: raw, gsm8k (text after '####'), boxed (last \\boxed{} in a solution)."
+        "raw",
+        "How to read the reference: raw, gsm8k (text after '####'), boxed (last \\boxed{} in a solution).",
     )
     prompt_template: str = _f(
         "{question}\nPut your final answer within \\boxed{{}}.", "User message; {question} is replaced."
@@ -168,11 +182,14 @@ class HFDatasetConfig:
 class TrackingConfig:
     name: str = _f(MISSING, "mlflow or none (a null tracker).")
     uri: str | None = _f(
-        None, "MLflow tracking URI; null = sqlite:///<launch dir>/mlflow.db. http://host:port for a shared server."
+        None,
+        "MLflow tracking URI; null = sqlite:///<launch dir>/mlflow.db. http://host:port for a shared server.",
     )
     experiment: str = _f("crs", "MLflow experiment name.")
     run_name: str | None = _f(None, "Run name; null = <method>-<schedule>-s<seed> (+ overrides in sweeps).")
-    sample_steps: int = _f(4, "Steps (evenly spaced, first and last included) whose rollouts are saved as JSON.")
+    sample_steps: int = _f(
+        4, "Steps (evenly spaced, first and last included) whose rollouts are saved as JSON."
+    )
     sample_size: int = _f(8, "Completions saved per sampled step.")
 
 
@@ -182,7 +199,9 @@ class DiagnosticsConfig:
         5, "Every N steps log entropy and post-update KL to the rollout policy per trajectory-percentile bin."
     )
     bins: int = _f(10, "Number of trajectory-percentile bins (relative position t / L_i).")
-    kl: bool = _f(True, "Measure per-bin KL after the update (one extra no-grad forward every `every` steps).")
+    kl: bool = _f(
+        True, "Measure per-bin KL after the update (one extra no-grad forward every `every` steps)."
+    )
     heatmap: bool = _f(True, "Draw percentile × step heatmaps as PNG artifacts at the end of the run.")
 
 
@@ -235,7 +254,10 @@ def validate(cfg: DictConfig) -> None:
     t = cfg.trainer
     _check(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
     _check(t.max_steps >= 1, f"trainer.max_steps must be >= 1 (got {t.max_steps})")
-    _check(t.num_generations >= 2, f"trainer.num_generations must be >= 2 for a group baseline (got {t.num_generations})")
+    _check(
+        t.num_generations >= 2,
+        f"trainer.num_generations must be >= 2 for a group baseline (got {t.num_generations})",
+    )
     _check(t.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size must be >= 1")
     _check(t.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps must be >= 1")
     spg = t.steps_per_generation or t.gradient_accumulation_steps
@@ -267,8 +289,13 @@ def validate(cfg: DictConfig) -> None:
     s = cfg.schedule
     from crs.schedules import SCHEDULES, schedule_from_cfg
 
-    _check(s.name in SCHEDULES, f"schedule.name must be one of {', '.join(sorted(SCHEDULES))} (got {s.name!r})")
-    _check(0 <= s.start < 1 and 0 < s.end <= 1, f"schedule.start/end must be fractions of training (got {s.start}, {s.end})")
+    _check(
+        s.name in SCHEDULES, f"schedule.name must be one of {', '.join(sorted(SCHEDULES))} (got {s.name!r})"
+    )
+    _check(
+        0 <= s.start < 1 and 0 < s.end <= 1,
+        f"schedule.start/end must be fractions of training (got {s.start}, {s.end})",
+    )
     try:
         schedule_from_cfg(s)
     except ValueError as err:

@@ -253,9 +253,7 @@ def group_stats(values: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
     return mean.repeat_interleave(group_size), std.repeat_interleave(group_size)
 
 
-def adora_advantageous(
-    success: Tensor, lengths: Tensor, truncated: Tensor, group_size: int
-) -> Tensor:
+def adora_advantageous(success: Tensor, lengths: Tensor, truncated: Tensor, group_size: int) -> Tensor:
     """ADORA's length criterion (``compute_grpo_outcome_advantage_ADORA``): is a group advantageous?
 
     A group is *temporarily advantageous* iff its longest correct response is longer than the mean
@@ -383,7 +381,9 @@ def focal_grpo(batch: CreditBatch, gamma: float = 2.0) -> CreditBatch:
 def adora(batch: CreditBatch, lam: float = 0.1) -> CreditBatch:
     """ADORA (arXiv 2602.10019, length criterion of the released code): ``A·λ`` for disadvantageous groups."""
     tas = batch.features["adora_tas"].bool()
-    scale = torch.where(tas, torch.ones_like(tas, dtype=torch.float32), torch.full_like(tas, lam, dtype=torch.float32))
+    scale = torch.where(
+        tas, torch.ones_like(tas, dtype=torch.float32), torch.full_like(tas, lam, dtype=torch.float32)
+    )
     return batch.replace(advantages=_scale_rows(batch.advantages, scale))
 
 
@@ -495,7 +495,9 @@ class CreditChain:
                         f"method.credit.{name}.drive.knob: {drive['knob']!r} is not an argument of {name} "
                         f"({', '.join(allowed)})"
                     )
-                if not isinstance(args.get(drive["knob"]), int | float) or isinstance(args.get(drive["knob"]), bool):
+                if not isinstance(args.get(drive["knob"]), int | float) or isinstance(
+                    args.get(drive["knob"]), bool
+                ):
                     raise ConfigError(f"method.credit.{name}.drive.knob {drive['knob']!r} must be numeric")
             self.steps.append(_Planned(step, args, drive))
         self._dry_run()
@@ -505,12 +507,19 @@ class CreditChain:
         if not self.steps:
             return
         feats = rollout_features(
-            torch.tensor([1.0, 0.0]), torch.tensor([True, False]), torch.tensor([3, 2]),
-            torch.tensor([False, False]), 2, self.features,
+            torch.tensor([1.0, 0.0]),
+            torch.tensor([True, False]),
+            torch.tensor([3, 2]),
+            torch.tensor([False, False]),
+            2,
+            self.features,
         )
         batch = CreditBatch(
-            advantages=torch.tensor([0.5, -0.5]), mask=torch.tensor([[1.0, 1, 1], [1, 1, 0]]), features=feats,
-            entropies=torch.rand(2, 3), logps=-torch.rand(2, 3),
+            advantages=torch.tensor([0.5, -0.5]),
+            mask=torch.tensor([[1.0, 1, 1], [1, 1, 0]]),
+            features=feats,
+            entropies=torch.rand(2, 3),
+            logps=-torch.rand(2, 3),
         )
         for rho in (0.0, 1.0):
             try:
@@ -550,7 +559,9 @@ class CreditChain:
 
     def knobs(self, rho: float) -> dict[str, float]:
         """``{"<step>/<knob>": value}`` for driven knobs (logged every step)."""
-        return {f"{p.step.name}/{p.drive['knob']}": a[p.drive["knob"]] for p, a in self.args_at(rho) if p.drive}
+        return {
+            f"{p.step.name}/{p.drive['knob']}": a[p.drive["knob"]] for p, a in self.args_at(rho) if p.drive
+        }
 
     def suffix_reward_withhold(self, rho: float) -> float | None:
         """The TP ``withhold`` to cut completions at for ``reward_on: suffix``, else ``None``."""

@@ -86,11 +86,19 @@ def draw_heatmaps(
         grid = np.array([by_step[s] for s in steps], dtype=float).T  # [bins, steps]
         bins = grid.shape[0]
         fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(steps) + 2), 3.2))
-        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
-                       extent=(steps[0] - 0.5, steps[-1] + 0.5, 0, 1))
+        im = ax.imshow(
+            grid,
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            interpolation="nearest",
+            extent=(steps[0] - 0.5, steps[-1] + 0.5, 0, 1),
+        )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("trajectory percentile t/L")
-        ax.set_title(f"{family} by trajectory percentile ({bins} bins){' — ' + title if title else ''}", fontsize=9)
+        ax.set_title(
+            f"{family} by trajectory percentile ({bins} bins){' — ' + title if title else ''}", fontsize=9
+        )
         fig.colorbar(im, ax=ax, label="KL(rollout‖updated)" if family == "kl" else "entropy (nats)")
         fig.tight_layout()
         path = out_dir / f"{family}_by_percentile.png"

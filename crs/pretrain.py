@@ -26,7 +26,9 @@ from crs.train import CONF_DIR, quiet
 
 def pretrain_job(cfg: DictConfig) -> dict:
     if cfg.model.name_or_path:
-        raise ConfigError("crs pretrain builds the embedded model; model.name_or_path must be null (model=embedded)")
+        raise ConfigError(
+            "crs pretrain builds the embedded model; model.name_or_path must be null (model=embedded)"
+        )
     quiet()
     from rich.console import Console
     from rich.table import Table

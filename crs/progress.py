@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from transformers import TrainerCallback
 
@@ -65,10 +72,18 @@ class RichProgressCallback(TrainerCallback):
             self.last.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step, stats=self._stats())
-        elif "reward" in logs and (state.global_step % self.every == 0 or state.global_step == state.max_steps):
-            print(f"[{self.description}] step {state.global_step}/{state.max_steps}  {self._stats()}", flush=True)
+        elif "reward" in logs and (
+            state.global_step % self.every == 0 or state.global_step == state.max_steps
+        ):
+            print(
+                f"[{self.description}] step {state.global_step}/{state.max_steps}  {self._stats()}",
+                flush=True,
+            )
         if "eval_accuracy" in logs and self.progress is None:
-            print(f"[{self.description}] eval @ step {state.global_step}: accuracy {_fmt(logs['eval_accuracy'])}", flush=True)
+            print(
+                f"[{self.description}] eval @ step {state.global_step}: accuracy {_fmt(logs['eval_accuracy'])}",
+                flush=True,
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -83,11 +98,26 @@ def summary_table(summary: Mapping[str, Any], title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("eval accuracy (start → end)", f"{_fmt(summary.get('eval_accuracy_start'))} → {_fmt(summary.get('eval_accuracy_end'))}"),
-        ("train accuracy (first 10% → last 10%)", f"{_fmt(summary.get('train_accuracy_first10'))} → {_fmt(summary.get('train_accuracy_last10'))}"),
-        ("mean reward (first 10% → last 10%)", f"{_fmt(summary.get('reward_first10'))} → {_fmt(summary.get('reward_last10'))}"),
-        ("best train accuracy (step)", f"{_fmt(summary.get('train_accuracy_best'))} ({summary.get('train_accuracy_best_step', '–')})"),
-        ("entropy, all tokens (first → last step)", f"{_fmt(summary.get('entropy_first'))} → {_fmt(summary.get('entropy_last'))}"),
+        (
+            "eval accuracy (start → end)",
+            f"{_fmt(summary.get('eval_accuracy_start'))} → {_fmt(summary.get('eval_accuracy_end'))}",
+        ),
+        (
+            "train accuracy (first 10% → last 10%)",
+            f"{_fmt(summary.get('train_accuracy_first10'))} → {_fmt(summary.get('train_accuracy_last10'))}",
+        ),
+        (
+            "mean reward (first 10% → last 10%)",
+            f"{_fmt(summary.get('reward_first10'))} → {_fmt(summary.get('reward_last10'))}",
+        ),
+        (
+            "best train accuracy (step)",
+            f"{_fmt(summary.get('train_accuracy_best'))} ({summary.get('train_accuracy_best_step', '–')})",
+        ),
+        (
+            "entropy, all tokens (first → last step)",
+            f"{_fmt(summary.get('entropy_first'))} → {_fmt(summary.get('entropy_last'))}",
+        ),
         ("steps", str(summary.get("steps", "–"))),
         ("wall time", f"{summary.get('wall_time_s', 0):.0f} s"),
     ]

@@ -49,7 +49,7 @@ def swept_keys(task_overrides: list[str], sweeper_params: dict[str, Any] | None)
         parsed = parser.parse_overrides([f"{key}={value}"])[0]
         if parsed.is_sweep_override():
             keys.append(parsed.get_key_element())
-    return sorted({k.lstrip("+~") for k in keys})
+    return list(dict.fromkeys(k.lstrip("+~") for k in keys))  # command-line order
 
 
 def finalize_sweep(info: dict[str, Any]) -> dict[str, int]:
@@ -59,7 +59,8 @@ def finalize_sweep(info: dict[str, Any]) -> dict[str, int]:
     client = MlflowClient(info["uri"])
     parent = client.get_run(info["run_id"])
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.sweep_id = '{info['sweep_id']}' and tags.`crs.role` = 'job'",
+        [parent.info.experiment_id],
+        filter_string=f"tags.sweep_id = '{info['sweep_id']}' and tags.`crs.role` = 'job'",
         max_results=10000,
     )
     counts = {"finished": 0, "failed": 0, "killed": 0, "running": 0}

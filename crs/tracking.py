@@ -30,8 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _BAD_CHARS = re.compile(r"[^0-9A-Za-z_\-. :/]")
 
@@ -56,9 +54,12 @@ def default_uri(cwd: str | None = None) -> str:
 def git_sha() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -70,8 +71,12 @@ def versions() -> dict[str, str]:
 
     import crs
 
-    return {"crs": crs.__version__, "trl": trl.__version__, "transformers": transformers.__version__,
-            "torch": torch.__version__}
+    return {
+        "crs": crs.__version__,
+        "trl": trl.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
 
 
 class NullTracker:
@@ -88,7 +93,8 @@ class NullTracker:
     def log_dict(self, data: Any, artifact_file: str) -> None: ...
     def end(self, status: str = "FINISHED", error: str | None = None) -> None: ...
 
-    def callback(self) -> TrainerCallback | None:
+    def callback(self):
+        """A ``transformers.TrainerCallback`` that streams the trainer's logs, or ``None``."""
         return None
 
 
@@ -109,7 +115,12 @@ class MlflowTracker(NullTracker):
         self.run_id = None
         self.client = None
 
-    def start(self, run_name: str | None = None, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> None:
+    def start(
+        self,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.mlflow.set_tracking_uri(self.uri)
@@ -166,8 +177,8 @@ class MlflowTracker(NullTracker):
             self.client.set_tag(self.run_id, "error", error[:8000])
         self.client.set_terminated(self.run_id, status=status)
 
-    def callback(self) -> TrainerCallback:
-        return MlflowMetricsCallback(self)
+    def callback(self):
+        return mlflow_metrics_callback(self)
 
 
 def ensure_experiment(client, name: str, uri: str) -> str:
@@ -177,7 +188,7 @@ def ensure_experiment(client, name: str, uri: str) -> str:
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another job created it first
@@ -187,15 +198,19 @@ def ensure_experiment(client, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-class MlflowMetricsCallback(TrainerCallback):
-    """Sends every trainer log (TRL's metrics + crs's) to the run, with ``step = global_step``."""
+def mlflow_metrics_callback(tracker: MlflowTracker):
+    """A TrainerCallback sending every trainer log (TRL's + crs's metrics) to the run at ``global_step``.
 
-    def __init__(self, tracker: MlflowTracker):
-        self.tracker = tracker
+    Built lazily so that importing this module (``crs compare``) does not import transformers/torch.
+    """
+    from transformers import TrainerCallback
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and state.is_world_process_zero:
-            self.tracker.log_metrics(logs, step=state.global_step)
+    class MlflowMetricsCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                tracker.log_metrics(logs, step=state.global_step)
+
+    return MlflowMetricsCallback()
 
 
 def build_tracker(cfg: Mapping[str, Any]) -> NullTracker:

@@ -173,14 +173,18 @@ def load_model(cfg: DictConfig, path: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        cfg.model.dtype
+    ]
     if dtype == "auto" and not torch.cuda.is_available():
         dtype = torch.float32
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
+    )
     return model, tok
 
 
@@ -281,7 +285,9 @@ def summarize(log_history: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     first, last = out.get("reward_first10"), out.get("reward_last10")
     if first is not None and last is not None:
         out["verdict"] = (
-            f"mean reward rose {first:.3f} → {last:.3f}" if last > first else f"mean reward did NOT rise ({first:.3f} → {last:.3f})"
+            f"mean reward rose {first:.3f} → {last:.3f}"
+            if last > first
+            else f"mean reward did NOT rise ({first:.3f} → {last:.3f})"
         )
     return out
 
@@ -374,14 +380,21 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
     if cfg.trainer.soft_overlong_cache:
         from trl.rewards import get_soft_overlong_punishment
 
-        reward_funcs.append(get_soft_overlong_punishment(cfg.trainer.max_completion_length, cfg.trainer.soft_overlong_cache))
+        reward_funcs.append(
+            get_soft_overlong_punishment(cfg.trainer.max_completion_length, cfg.trainer.soft_overlong_cache)
+        )
     peft_config = None
     if cfg.model.lora.enabled:
         from peft import LoraConfig
 
         lora = cfg.model.lora
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
     eval_ds = bench.eval.select(range(min(cfg.trainer.eval_prompts, len(bench.eval))))
     trainer = CreditGRPOTrainer(
         model=model,
@@ -413,15 +426,22 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         f"benchmark {cfg.benchmark.name} ({len(bench.train)} train / {len(eval_ds)} eval prompts), "
         f"{cfg.trainer.max_steps} steps, device {'cuda' if not args.use_cpu else 'cpu'} × {threads} threads"
     )
+    t_train = time.time()
     if cfg.trainer.eval_on_start:
         trainer.evaluate()
     trainer.train()
     if cfg.trainer.eval_steps == 0 or cfg.trainer.max_steps % cfg.trainer.eval_steps:
         trainer.evaluate()  # the final evaluation, unless the periodic one already landed on the last step
-    wall = time.time() - t0
-    summary = summarize(trainer.state.log_history, wall)
-    summary.update({"mlflow_run_id": tracker.run_id, "mlflow_uri": tracker.uri, "output_dir": str(output_dir)})
-    final = {f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    summary = summarize(trainer.state.log_history, time.time() - t0)
+    summary["train_time_s"] = (
+        time.time() - t_train
+    )  # training + evaluations, without building/loading the model
+    summary.update(
+        {"mlflow_run_id": tracker.run_id, "mlflow_uri": tracker.uri, "output_dir": str(output_dir)}
+    )
+    final = {
+        f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     tracker.log_metrics(final, step=trainer.state.global_step)
     tracker.log_dict(summary, "summary.json")
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -431,7 +451,9 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
     if cfg.diagnostics.heatmap and cfg.diagnostics.every > 0:
         from crs.diagnostics import draw_heatmaps
 
-        paths = draw_heatmaps(_heatmap_histories(trainer.state.log_history, cfg.diagnostics.bins), output_dir / "plots", title)
+        paths = draw_heatmaps(
+            _heatmap_histories(trainer.state.log_history, cfg.diagnostics.bins), output_dir / "plots", title
+        )
         if paths:
             tracker.log_artifacts(output_dir / "plots", "plots")
     if cfg.trainer.save_model:
@@ -449,7 +471,9 @@ def _inject_failure(step: int):
     class InjectFailure(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step >= step:
-                raise RuntimeError(f"injected failure at step {state.global_step} (inject_failure_at_step={step})")
+                raise RuntimeError(
+                    f"injected failure at step {state.global_step} (inject_failure_at_step={step})"
+                )
 
     return InjectFailure()
 

@@ -115,7 +115,10 @@ class CreditGRPOTrainer(GRPOTrainer):
         if withhold is not None:
             # TP-Schedule reward_on=suffix: the verifier sees only the trained tail (the released code)
             cuts = tp_prefix_cut(lengths, withhold).tolist()
-            texts = [self._tokenizer.decode(ids[c:], skip_special_tokens=True) for ids, c in zip(completion_ids_list, cuts)]
+            texts = [
+                self._tokenizer.decode(ids[c:], skip_special_tokens=True)
+                for ids, c in zip(completion_ids_list, cuts)
+            ]
             if completions and isinstance(completions[0], list):
                 completions = [[{**c[0], "content": t}] for c, t in zip(completions, texts)]
             else:
@@ -150,7 +153,11 @@ class CreditGRPOTrainer(GRPOTrainer):
             sl = slice(rank * local_b, (rank + 1) * local_b)
             for name, value in feats.items():
                 out[f"crs_{name}"] = value[sl].to(device)
-        if mode == "train" and self.state.global_step in self.sample_steps and self.accelerator.is_main_process:
+        if (
+            mode == "train"
+            and self.state.global_step in self.sample_steps
+            and self.accelerator.is_main_process
+        ):
             self.sample_steps.discard(self.state.global_step)
             self._keep_samples(inputs, out, rollout)
         return out
@@ -169,7 +176,8 @@ class CreditGRPOTrainer(GRPOTrainer):
                     "prompt": prompt if isinstance(prompt, str) else str(prompt),
                     "completion": comp if isinstance(comp, str) else (comp[0]["content"] if comp else None),
                     "rewards": {
-                        name: (None if rpf is None else float(rpf[i, j])) for j, name in enumerate(self.reward_func_names)
+                        name: (None if rpf is None else float(rpf[i, j]))
+                        for j, name in enumerate(self.reward_func_names)
                     },
                     "advantage_grpo": float(out["advantages"][i]),
                     "length": int(rollout["lengths"][i]) if rollout else None,
@@ -186,13 +194,18 @@ class CreditGRPOTrainer(GRPOTrainer):
         mask = completion_mask * inputs["tool_mask"] if "tool_mask" in inputs else completion_mask
         features = {k[4:]: v for k, v in inputs.items() if k.startswith("crs_")}
         batch = CreditBatch(
-            advantages=inputs["advantages"], mask=mask, features=features, scale_rewards=str(self.scale_rewards)
+            advantages=inputs["advantages"],
+            mask=mask,
+            features=features,
+            scale_rewards=str(self.scale_rewards),
         )
         new_mask = None
         if self.filter_zero_std_groups:
             new_mask = mask * (features["group_std"] > 0).float().unsqueeze(1)
         if self.credit.has_mask_phase:
-            new_mask = self.credit.mask_phase(batch.replace(mask=new_mask if new_mask is not None else mask), rho)
+            new_mask = self.credit.mask_phase(
+                batch.replace(mask=new_mask if new_mask is not None else mask), rho
+            )
         if new_mask is not None:
             # loss-only mask: TRL builds attention from completion_mask, the loss from completion_mask·tool_mask
             inputs["tool_mask"] = new_mask
@@ -200,7 +213,9 @@ class CreditGRPOTrainer(GRPOTrainer):
                 # TRL divides by the generation batch's token count; recount trained tokens (this micro-batch,
                 # extrapolated to the generation batch: exact for gradient_accumulation_steps = 1)
                 local = new_mask.sum().detach()
-                inputs["num_items_in_batch"] = self.accelerator.gather(local).sum() * self.args.steps_per_generation
+                inputs["num_items_in_batch"] = (
+                    self.accelerator.gather(local).sum() * self.args.steps_per_generation
+                )
             batch = batch.replace(mask=new_mask)
         self._crs_pending = _Pending(inputs, batch, rho, mode)
         try:
@@ -224,7 +239,9 @@ class CreditGRPOTrainer(GRPOTrainer):
             out = self.credit.advantage_phase(batch, rho)
             weights = out.token_weights
             if weights is not None:
-                inputs["advantages"] = fold_token_weights(out.advantages, weights, batch.mask, self.loss_type, out.renormalize)
+                inputs["advantages"] = fold_token_weights(
+                    out.advantages, weights, batch.mask, self.loss_type, out.renormalize
+                )
             else:
                 inputs["advantages"] = out.token_advantages() if out.advantages.dim() == 2 else out.advantages
             credit_tokens = out.token_advantages() * (weights if weights is not None else 1.0)
@@ -245,7 +262,9 @@ class CreditGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------------------------------- logs
     def _global_mean(self, x: torch.Tensor, m: torch.Tensor) -> float:
-        totals = self.accelerator.reduce(torch.stack([(x * m).sum().float(), m.sum().float()]), reduction="sum")
+        totals = self.accelerator.reduce(
+            torch.stack([(x * m).sum().float(), m.sum().float()]), reduction="sum"
+        )
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def _log_credit(self, mode, rho, batch, weights, credit_tokens, entropies, inputs) -> None:

@@ -1,6 +1,6 @@
 """Hermetic test setup: no hub, no network, tiny local models built once per session.
 
-    make test            # the CI command (README)
+make test            # the CI command (README)
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# built models are content-addressed (a hash of their config), so tests may share one cache folder
+# across sessions; kept apart from the user's ~/.cache/crs
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("CRS_CACHE_DIR", os.path.join(REPO, ".cache", "test-models"))
 
 import pytest  # noqa: E402
 
@@ -23,3 +27,20 @@ def tiny_model_dir(tmp_path_factory):
     from crs.testing import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """Compose conf/train.yaml like `crs train` would, writing into tmp_path (job folder + MLflow store)."""
+    from crs.cli import compose
+
+    def _compose(*overrides: str):
+        return compose(
+            [
+                f"paths.output_dir={tmp_path / 'job'}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                *overrides,
+            ]
+        )
+
+    return _compose

@@ -1,6 +1,6 @@
 """The command line as a user meets it: help, config printing, one-line errors, schedules.
 
-    pytest tests/test_cli.py
+pytest tests/test_cli.py
 """
 
 import os
@@ -12,7 +12,12 @@ from pathlib import Path
 def crs(*args, cwd=None, timeout=120):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "crs.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "crs.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -41,14 +46,19 @@ def test_invalid_value_is_one_line_before_any_model_loads(tmp_path):
     ]:
         r = subprocess.run(
             [sys.executable, "-m", "crs.cli", "train", *args],
-            cwd=env_cwd, capture_output=True, text=True, timeout=120,
+            cwd=env_cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
             env={**os.environ, "CRS_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"},
         )
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("crs: error:") and needle in lines[0], (args, r.stderr)
     # nothing was built, no run folder or store was created
-    assert not cache.exists() and not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+    assert (
+        not cache.exists() and not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+    )
 
 
 def test_schedule_prints_paper_values(tmp_path):

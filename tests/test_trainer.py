@@ -41,7 +41,9 @@ def model_and_tok(tiny_model_dir):
 
 
 def _dataset():
-    return Dataset.from_dict({"prompt": [f"Q: {a}+{b}-{c}\nA:" for a, b, c in [(3, 4, 2), (10, 5, 7), (8, 1, 6), (2, 9, 3)]]})
+    return Dataset.from_dict(
+        {"prompt": [f"Q: {a}+{b}-{c}\nA:" for a, b, c in [(3, 4, 2), (10, 5, 7), (8, 1, 6), (2, 9, 3)]]}
+    )
 
 
 def _args(tmp_path, **kw):
@@ -69,8 +71,11 @@ def _args(tmp_path, **kw):
 def _trainer(cls, model_and_tok, tmp_path, args_kw=None, **crs_kw):
     model, tok = model_and_tok
     kw = dict(
-        model=copy.deepcopy(model), reward_funcs=[varied_reward], args=_args(tmp_path, **(args_kw or {})),
-        train_dataset=_dataset(), processing_class=tok,
+        model=copy.deepcopy(model),
+        reward_funcs=[varied_reward],
+        args=_args(tmp_path, **(args_kw or {})),
+        train_dataset=_dataset(),
+        processing_class=tok,
     )
     if cls is CreditGRPOTrainer:
         crs_kw.setdefault("credit", CreditChain({}))
@@ -126,9 +131,13 @@ def _move_prefix_to_prompt(inputs, cuts, pad_id):
     T = max(len(c) for c in comps)
     out = dict(inputs)
     out["prompt_ids"] = torch.stack([torch.cat([torch.full((P - len(p),), pad_id), p]) for p in prompts])
-    out["prompt_mask"] = torch.stack([torch.cat([torch.zeros(P - len(p)), torch.ones(len(p))]).long() for p in prompts])
+    out["prompt_mask"] = torch.stack(
+        [torch.cat([torch.zeros(P - len(p)), torch.ones(len(p))]).long() for p in prompts]
+    )
     out["completion_ids"] = torch.stack([torch.cat([c, torch.full((T - len(c),), pad_id)]) for c in comps])
-    out["completion_mask"] = torch.stack([torch.cat([torch.ones(len(c)), torch.zeros(T - len(c))]).long() for c in comps])
+    out["completion_mask"] = torch.stack(
+        [torch.cat([torch.ones(len(c)), torch.zeros(T - len(c))]).long() for c in comps]
+    )
     out["num_items_in_batch"] = out["completion_mask"].sum()
     return out
 
@@ -146,7 +155,9 @@ def _move_prefix_to_prompt(inputs, cuts, pad_id):
 @pytest.mark.parametrize("rho", [0.3, 0.75])
 def test_tp_schedule_equals_prefix_in_prompt(model_and_tok, tmp_path, args_kw, rho):
     chain = CreditChain({"tp_schedule": {"withhold": 1.0, "drive": {"knob": "withhold", "neutral": 0.0}}})
-    ours = _trainer(CreditGRPOTrainer, model_and_tok, tmp_path / "c", args_kw, credit=chain, schedule=lambda p: rho)
+    ours = _trainer(
+        CreditGRPOTrainer, model_and_tok, tmp_path / "c", args_kw, credit=chain, schedule=lambda p: rho
+    )
     plain = _trainer(GRPOTrainer, model_and_tok, tmp_path / "p", args_kw)
     inputs = _rollout(ours)
     lengths = inputs["completion_mask"].sum(-1).tolist()
@@ -184,22 +195,35 @@ def test_prefix_tokens_get_no_gradient(model_and_tok, tmp_path):
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo"])
 def test_forking_all_tokens_equals_trl_top_entropy_quantile(model_and_tok, tmp_path, loss_type):
-    chain = CreditChain({"forking_tokens": {"keep_fraction": 0.2, "selection": "batch_quantile", "normalize": "all_tokens"}})
+    chain = CreditChain(
+        {"forking_tokens": {"keep_fraction": 0.2, "selection": "batch_quantile", "normalize": "all_tokens"}}
+    )
     ours = _trainer(CreditGRPOTrainer, model_and_tok, tmp_path / "c", {"loss_type": loss_type}, credit=chain)
-    plain = _trainer(GRPOTrainer, model_and_tok, tmp_path / "p", {"loss_type": loss_type, "top_entropy_quantile": 0.2})
+    plain = _trainer(
+        GRPOTrainer, model_and_tok, tmp_path / "p", {"loss_type": loss_type, "top_entropy_quantile": 0.2}
+    )
     inputs = _rollout(ours)
-    torch.testing.assert_close(ours.compute_loss(ours.model, inputs), _plain_loss(plain, inputs), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        ours.compute_loss(ours.model, inputs), _plain_loss(plain, inputs), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_forking_selected_renormalises_by_selected_count(model_and_tok, tmp_path):
-    chain = CreditChain({"forking_tokens": {"keep_fraction": 0.2, "selection": "batch_quantile", "normalize": "selected"}})
+    chain = CreditChain(
+        {"forking_tokens": {"keep_fraction": 0.2, "selection": "batch_quantile", "normalize": "selected"}}
+    )
     ours = _trainer(CreditGRPOTrainer, model_and_tok, tmp_path / "c", {"loss_type": "bnpo"}, credit=chain)
-    plain = _trainer(GRPOTrainer, model_and_tok, tmp_path / "p", {"loss_type": "bnpo", "top_entropy_quantile": 0.2})
+    plain = _trainer(
+        GRPOTrainer, model_and_tok, tmp_path / "p", {"loss_type": "bnpo", "top_entropy_quantile": 0.2}
+    )
     inputs = _rollout(ours)
     with torch.no_grad():
         _, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            plain, plain.model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), inputs["completion_ids"].shape[1],
+            plain,
+            plain.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].shape[1],
             compute_entropy=True,
         )
     m = inputs["completion_mask"].bool()
@@ -210,15 +234,27 @@ def test_forking_selected_renormalises_by_selected_count(model_and_tok, tmp_path
 
 
 def test_entropy_adv_equals_trl_with_shaped_advantages(model_and_tok, tmp_path):
-    chain = CreditChain({"entropy_adv": {"alpha": 0.4, "kappa": 2.0, "strength": 1.0, "drive": {"knob": "strength", "neutral": 0.0}}})
+    chain = CreditChain(
+        {
+            "entropy_adv": {
+                "alpha": 0.4,
+                "kappa": 2.0,
+                "strength": 1.0,
+                "drive": {"knob": "strength", "neutral": 0.0},
+            }
+        }
+    )
     rho = 0.5
     ours = _trainer(CreditGRPOTrainer, model_and_tok, tmp_path / "c", credit=chain, schedule=lambda p: rho)
     plain = _trainer(GRPOTrainer, model_and_tok, tmp_path / "p")
     inputs = _rollout(ours)
     with torch.no_grad():
         _, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            plain, plain.model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), inputs["completion_ids"].shape[1],
+            plain,
+            plain.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].shape[1],
             compute_entropy=True,
         )
     A = inputs["advantages"][:, None]
@@ -231,7 +267,9 @@ def test_entropy_adv_equals_trl_with_shaped_advantages(model_and_tok, tmp_path):
 def test_schedule_is_read_at_loss_time(model_and_tok, tmp_path):
     seen = []
     chain = CreditChain({"tp_schedule": {"withhold": 1.0, "drive": {"knob": "withhold", "neutral": 0.0}}})
-    ours = _trainer(CreditGRPOTrainer, model_and_tok, tmp_path, credit=chain, schedule=lambda p: seen.append(p) or 1 - p)
+    ours = _trainer(
+        CreditGRPOTrainer, model_and_tok, tmp_path, credit=chain, schedule=lambda p: seen.append(p) or 1 - p
+    )
     inputs = _rollout(ours)
     ours.state.max_steps = 10
     for step in (0, 5):

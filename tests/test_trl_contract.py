@@ -28,9 +28,21 @@ def _params(fn):
 
 
 def test_overridden_signatures():
-    assert _params(GRPOTrainer._calculate_rewards) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert _params(GRPOTrainer._calculate_rewards) == [
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
+    ]
     assert _params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
-    assert _params(GRPOTrainer.compute_loss)[:5] == ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
+    assert _params(GRPOTrainer.compute_loss)[:5] == [
+        "self",
+        "model",
+        "inputs",
+        "return_outputs",
+        "num_items_in_batch",
+    ]
     params = _params(GRPOTrainer._get_per_token_logps_and_entropies)
     assert params[:5] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep"]
     assert "compute_entropy" in params
@@ -40,7 +52,10 @@ def test_compute_loss_order_of_operations():
     src = inspect.getsource(GRPOTrainer._compute_loss)
     # attention uses completion_mask only; the loss mask multiplies in tool_mask (crs's loss-only mask)
     assert "attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)" in src
-    assert 'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]' in src
+    assert (
+        'mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]'
+        in src
+    )
     # crs rewrites the advantages inside the logps/entropies call; TRL must read them afterwards
     i_fwd = src.index("self._get_per_token_logps_and_entropies(")
     assert "compute_entropy=True" in src[i_fwd : i_fwd + 400]

@@ -60,7 +60,9 @@ def math_verify_correct(completion: str, gold: str) -> bool:
 
 def math_reward(prompts, completions, answer, log_metric=None, **kwargs) -> list[float]:
     """TRL reward: 1.0 when math-verify finds the completion's answer equal to ``answer``."""
-    rewards = [1.0 if math_verify_correct(_completion_text(c), a) else 0.0 for c, a in zip(completions, answer)]
+    rewards = [
+        1.0 if math_verify_correct(_completion_text(c), a) else 0.0 for c, a in zip(completions, answer)
+    ]
     if log_metric is not None and rewards:
         log_metric("accuracy", sum(rewards) / len(rewards))
     return rewards
@@ -104,7 +106,9 @@ def _prepare(ds: Dataset, cfg: Mapping[str, Any], n: int | None, seed: int | Non
     q, a = cfg["question_field"], cfg["answer_field"]
     for col in (q, a):
         if col not in ds.column_names:
-            raise ConfigError(f"benchmark: column {col!r} not in dataset (columns: {', '.join(ds.column_names)})")
+            raise ConfigError(
+                f"benchmark: column {col!r} not in dataset (columns: {', '.join(ds.column_names)})"
+            )
     if seed is not None:
         ds = ds.shuffle(seed=seed)
     if n is not None:
@@ -127,7 +131,9 @@ def sft_from_solutions(ds: Dataset, cfg: Mapping[str, Any]) -> Dataset:
             return f"{body}\nThe answer is \\boxed{{{final.strip()}}}."
         return sol
 
-    return Dataset.from_dict({"prompt": [_prompt(x, cfg) for x in ds[q]], "completion": [completion(s) for s in ds[a]]})
+    return Dataset.from_dict(
+        {"prompt": [_prompt(x, cfg) for x in ds[q]], "completion": [completion(s) for s in ds[a]]}
+    )
 
 
 @register_benchmark("hf")

@@ -1,0 +1,547 @@
+"""``crs compare`` against a real MLflow sqlite store built the way ``crs train -m`` fills it.
+
+The store holds a sweep parent run (``crs.role=sweep``, ``swept_keys``, ``jobs.*`` tags, like
+:mod:`crs.sweep`) and 2 methods × 2 schedules × 2 seeds child runs with synthetic but known per-step
+histories and ``final/*`` metrics, one FAILED run (``error`` tag, and a misleading final metric that
+must not be averaged), and an older one-job sweep so ``--last`` has something to skip. Every expected
+number below is computed by hand from ``SPEC``.
+
+    pytest tests/test_compare.py
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Param
+from scipy import stats
+
+from crs.compare import describe, main, steps_to_threshold
+
+# (method, schedule) → per seed: final eval accuracy, final best eval accuracy (None: only in the
+# eval_accuracy history, peak `peak`), final entropy, wall time, slope of the train-accuracy ramp
+# accuracy(step) = min(1, slope·step) for steps 1..10.
+SPEC = {
+    ("grpo", "linear"): [
+        dict(end=0.50, best=0.55, ent=1.0, wall=100.0, slope=1 / 8),
+        dict(end=0.60, best=0.70, ent=1.2, wall=110.0, slope=1 / 8),
+    ],
+    ("grpo", "cosine"): [
+        dict(end=0.40, best=0.45, ent=0.8, wall=90.0, slope=1 / 4),
+        dict(end=0.44, best=0.50, ent=0.9, wall=95.0, slope=1 / 32),
+    ],
+    ("tp_schedule", "linear"): [
+        dict(end=0.70, best=0.75, ent=1.5, wall=120.0, slope=1 / 4),
+        dict(end=0.80, best=0.85, ent=1.7, wall=130.0, slope=1 / 4),
+    ],
+    ("tp_schedule", "cosine"): [
+        dict(end=0.65, best=None, peak=0.72, ent=1.4, wall=125.0, slope=1 / 8),
+        dict(end=0.70, best=None, peak=0.80, ent=1.6, wall=135.0, slope=1 / 4),
+    ],
+}
+# trailing 5-step mean of min(1, slope·s) first ≥ 0.5 (raw first crossings would be 4, 8, 16, 2):
+# 1/8 → steps 2..6 average 0.5 → 6;  1/16 → 6..10 → 10;  1/32 → never;  1/4 → first full window (5) = 0.7 → 5
+STEPS = {1 / 8: 6, 1 / 16: 10, 1 / 32: None, 1 / 4: 5}
+ERROR = "RuntimeError: injected failure at step 2 (inject_failure_at_step=2)"
+BINS = 10
+
+
+def _metrics(pairs):
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    return [Metric(k, float(v), ts + i, int(step)) for i, (k, v, step) in enumerate(pairs)]
+
+
+def make_run(client, exp_id, tags, status, pairs, start_time=None, parent=None, params=None):
+    tags = {k: str(v) for k, v in tags.items()}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp_id, start_time=start_time, tags=tags, run_name=tags.get("name"))
+    rid = run.info.run_id
+    if params:
+        client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()], synchronous=True)
+    ms = _metrics(pairs)
+    for i in range(0, len(ms), 1000):
+        client.log_batch(rid, metrics=ms[i : i + 1000], synchronous=True)
+    if status != "RUNNING":
+        client.set_terminated(rid, status=status)
+    return rid
+
+
+def job_pairs(slope, end, best, ent, wall, peak=None, steps=10):
+    pairs = []
+    for s in range(1, steps + 1):
+        acc = min(1.0, slope * s)
+        pairs += [
+            ("accuracy", acc, s),
+            ("reward", acc, s),
+            ("entropy/all", ent + 0.05 * (steps - s), s),
+            ("schedule/rho", 1 - s / steps, s),
+        ]
+        if s % 2 == 0:
+            for b in range(BINS):
+                pairs += [
+                    (f"diag/entropy_bin_{b}", ent + 0.1 * b - 0.01 * s, s),
+                    (f"diag/kl_bin_{b}", 0.001 * b * s, s),
+                ]
+    pairs += [
+        ("eval_accuracy", 0.1, 0),
+        ("eval_accuracy", best if best is not None else peak, 5),
+        ("eval_accuracy", end, steps),
+    ]
+    final = {
+        "eval_accuracy_end": end,
+        "entropy_last": ent,
+        "wall_time_s": wall,
+        "train_accuracy_last10": min(1.0, slope * steps),
+    }
+    if best is not None:
+        final["eval_accuracy_best"] = best
+    pairs += [(f"final/{k}", v, steps) for k, v in final.items()]
+    return pairs
+
+
+def job_tags(method, schedule, seed, sweep_id, job_num, swept=("method", "schedule", "seed")):
+    values = {"method": method, "schedule": schedule, "seed": seed}
+    tags = {
+        "crs.role": "job",
+        "method": method,
+        "schedule": schedule,
+        "loss": "grpo",
+        "model": "embedded",
+        "benchmark": "arithmetic",
+        "seed": seed,
+        "sweep_id": sweep_id,
+        "job_num": job_num,
+        "name": f"{job_num}:{method}-{schedule}-s{seed}",
+        "overrides": " ".join(f"{k}={values[k]}" for k in swept),
+    }
+    tags.update({f"sweep.{k}": values[k] for k in swept})
+    return tags
+
+
+def new_store(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    # like crs.tracking.ensure_experiment: artifacts beside the sqlite file, inside tmp
+    exp_id = client.create_experiment("crs", artifact_location=(root / "mlartifacts").resolve().as_uri())
+    return uri, client, exp_id
+
+
+def make_parent(client, exp_id, sweep_id, swept_keys, sweep_dir, start_time=None, overrides=""):
+    return client.create_run(
+        exp_id,
+        start_time=start_time,
+        run_name=f"sweep ({sweep_id})",
+        tags={
+            "crs.role": "sweep",
+            "sweep_id": sweep_id,
+            "sweep_dir": str(sweep_dir),
+            "swept_keys": swept_keys,
+            "overrides": overrides,
+        },
+    ).info.run_id
+
+
+def finalize(client, parent, finished, failed, killed, status):
+    for k, v in (("finished", finished), ("failed", failed), ("killed", killed)):
+        client.set_tag(parent, f"jobs.{k}", str(v))
+    client.set_terminated(parent, status=status)
+
+
+def build_failure_sweep(client, uri, start_time):
+    """Another experiment in the same store (one sqlite schema set-up costs seconds): a sweep over
+    schedule × method with one cell whose only run was killed, and one run that never closed. The jobs
+    carry no ``sweep.schedule`` tag (only one value ran), so the cell key falls back to tag ``schedule``."""
+    exp_id = client.create_experiment("failures")
+    parent = make_parent(
+        client,
+        exp_id,
+        "f00dcafe",
+        "method,schedule,seed",  # crs.sweep stores them sorted ...
+        "multirun-failures",
+        start_time=start_time,
+        overrides="debug=fast seed=0,1 schedule=linear,cosine +method=grpo,adora",  # ... the user wrote this
+    )
+    swept = ("method", "seed")
+    make_run(
+        client,
+        exp_id,
+        job_tags("grpo", "linear", 0, "f00dcafe", 0, swept),
+        "FINISHED",
+        job_pairs(1 / 8, 0.5, 0.5, 1.0, 10.0),
+        start_time=start_time,
+        parent=parent,
+    )
+    make_run(
+        client,
+        exp_id,
+        job_tags("grpo", "linear", 1, "f00dcafe", 1, swept),
+        "RUNNING",
+        [("accuracy", 0.9, 1)],
+        start_time=start_time,
+        parent=parent,
+    )
+    killed = make_run(
+        client,
+        exp_id,
+        job_tags("adora", "linear", 0, "f00dcafe", 2, swept),
+        "KILLED",
+        [],
+        start_time=start_time,
+        parent=parent,
+    )
+    client.set_tag(killed, "error", "JobKilled: signal 15")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    uri, client, exp_id = new_store(root)
+    now = int(time.time() * 1000)
+    # an older sweep (seeds only) that --last must skip
+    old = make_parent(client, exp_id, "oldsweep", "seed", root / "multirun-old", start_time=now - 3_600_000)
+    make_run(
+        client,
+        exp_id,
+        job_tags("grpo", "linear", 0, "oldsweep", 0, swept=("seed",)),
+        "FINISHED",
+        job_pairs(1 / 8, 0.30, 0.35, 1.0, 50.0),
+        start_time=now - 3_500_000,
+        parent=old,
+        params={"seed": 0, "trainer.lr": 2e-6},  # another learning rate than the main sweep's
+    )
+    finalize(client, old, 1, 0, 0, "FINISHED")
+
+    sweep_dir = root / "multirun"
+    parent = make_parent(client, exp_id, "a1b2c3d4", "method,schedule,seed", sweep_dir, start_time=now)
+    job = 0
+    for (method, schedule), seeds in SPEC.items():
+        for seed, s in enumerate(seeds):
+            make_run(
+                client,
+                exp_id,
+                job_tags(method, schedule, seed, "a1b2c3d4", job),
+                "FINISHED",
+                job_pairs(s["slope"], s["end"], s["best"], s["ent"], s["wall"], s.get("peak")),
+                start_time=now + job,
+                parent=parent,
+                params={"seed": seed, "trainer.lr": 1e-6},  # a seed differs by design, not a mix-up
+            )
+            job += 1
+    # crashed after its (misleading) summary: counted as failed, never averaged
+    failed = make_run(
+        client,
+        exp_id,
+        job_tags("grpo", "cosine", 2, "a1b2c3d4", job),
+        "FAILED",
+        [
+            ("accuracy", 1.0, 1),
+            ("accuracy", 1.0, 2),
+            ("final/eval_accuracy_end", 0.0, 2),
+            ("final/wall_time_s", 5.0, 2),
+        ],
+        start_time=now + job,
+        parent=parent,
+    )
+    client.set_tag(failed, "error", ERROR)
+    finalize(client, parent, 8, 1, 0, "FAILED")
+    build_failure_sweep(client, uri, start_time=now - 1_000_000)
+    sweep_dir.mkdir()
+    (sweep_dir / "crs_sweep.json").write_text(
+        json.dumps(
+            {
+                "run_id": parent,
+                "uri": uri,
+                "experiment": "crs",
+                "sweep_id": "a1b2c3d4",
+                "swept_keys": ["method", "schedule", "seed"],
+                "sweep_dir": str(sweep_dir),
+            }
+        )
+    )
+    return {"uri": uri, "root": root, "parent": parent, "sweep_dir": sweep_dir, "client": client}
+
+
+def run_json(capsys, *argv):
+    capsys.readouterr()
+    main([*argv, "--format", "json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def by_label(data):
+    return {c["label"]: c for c in data["cells"]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# pure functions
+
+
+def test_steps_to_threshold_uses_trailing_full_window():
+    ramp = lambda slope: [(s, min(1.0, slope * s)) for s in range(1, 11)]  # noqa: E731
+    for slope, expected in STEPS.items():
+        assert steps_to_threshold(ramp(slope), 0.5) == expected, slope
+    spike = [(s, 1.0 if s == 4 else 0.0) for s in range(1, 11)]
+    assert (
+        steps_to_threshold(spike, 0.5) is None
+    )  # raw accuracy crossed at step 4; one lucky batch is not learning
+    assert steps_to_threshold(spike, 0.2) == 5  # first full window 1..5 holds the spike: mean 0.2
+    assert steps_to_threshold([(2, 0.6), (1, 0.6)], 0.5) == 2  # shorter than the window: whole-history mean
+    assert steps_to_threshold([(1, 0.9), (2, 0.9), (2, 0.0)], 0.5) is None  # repeated step: last value wins
+    assert steps_to_threshold([], 0.5) is None
+
+
+def test_describe_matches_student_t():
+    one = describe([0.5, None, float("nan")])
+    assert (one.n, one.mean, one.std, one.ci95_low, one.ci95_high) == (1, 0.5, None, None, None)
+    vals = [0.2, 0.4, 0.9]
+    s = describe(vals)
+    mean = sum(vals) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / 2)
+    lo, hi = stats.t.interval(0.95, df=2, loc=mean, scale=sd / math.sqrt(3))
+    assert s.n == 3
+    assert s.mean == pytest.approx(mean) and s.std == pytest.approx(sd)
+    assert (s.ci95_low, s.ci95_high) == (pytest.approx(lo), pytest.approx(hi))
+    assert describe([]).n == 0 and describe([]).mean is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the table from a real store
+
+
+def _expect(values):
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    lo, hi = stats.t.interval(0.95, df=n - 1, loc=mean, scale=sd / math.sqrt(n))
+    return mean, sd, lo, hi
+
+
+def test_sweep_table_values(store, capsys):
+    data = run_json(capsys, "--sweep", "a1b2c3d4", "--uri", store["uri"])
+    assert data["cell_keys"] == ["method", "schedule"]  # seed is averaged over, not a cell key
+    assert data["parent_run_id"] == store["parent"]
+    assert data["notes"] == []  # seeds differ in params.seed only: no mixed-config warning
+    assert data["fixed"] == {"loss": "grpo", "model": "embedded", "benchmark": "arithmetic"}
+    cells = by_label(data)
+    assert set(cells) == {"grpo · linear", "grpo · cosine", "tp_schedule · linear", "tp_schedule · cosine"}
+    for (method, schedule), seeds in SPEC.items():
+        c = cells[f"{method} · {schedule}"]
+        assert c["cell"] == {"method": method, "schedule": schedule}
+        assert c["n_finished"] == 2
+        assert c["n_failed"] == (1 if (method, schedule) == ("grpo", "cosine") else 0)
+        m = c["metrics"]
+        expect = {
+            "eval_accuracy_end": [s["end"] for s in seeds],
+            "eval_accuracy_best": [s["best"] if s["best"] is not None else s["peak"] for s in seeds],
+            "entropy_last": [s["ent"] for s in seeds],
+            "wall_time_s": [s["wall"] for s in seeds],
+        }
+        for key, values in expect.items():
+            mean, sd, lo, hi = _expect(values)
+            assert m[key]["n"] == 2, key
+            assert m[key]["mean"] == pytest.approx(mean), key
+            assert m[key]["std"] == pytest.approx(sd), key
+            assert m[key]["ci95_low"] == pytest.approx(lo) and m[key]["ci95_high"] == pytest.approx(hi), key
+        reached = [STEPS[s["slope"]] for s in seeds if STEPS[s["slope"]] is not None]
+        st = m["steps_to_threshold"]
+        assert st["n"] == len(reached) and st["of"] == 2
+        assert st["mean"] == pytest.approx(sum(reached) / len(reached))
+    # the failed run (final eval accuracy 0.0) is counted but not averaged
+    gc = cells["grpo · cosine"]
+    assert gc["metrics"]["eval_accuracy_end"]["mean"] == pytest.approx(0.42)
+    assert [r["error"] for r in gc["runs"] if r["status"] == "FAILED"] == [ERROR]
+    # one of two seeds reached 0.5 (at step 5, tying tp_schedule·linear's 5 and 5): a mean over that
+    # seed, no spread, and no claim to "fastest" — the seed that never got there is not faster
+    assert gc["metrics"]["steps_to_threshold"] == {
+        "mean": 5.0,
+        "std": None,
+        "ci95_low": None,
+        "ci95_high": None,
+        "n": 1,
+        "of": 2,
+        "best": False,
+    }
+    tc = cells["tp_schedule · cosine"]["metrics"]["steps_to_threshold"]
+    assert (tc["mean"], tc["std"]) == (pytest.approx(5.5), pytest.approx(math.sqrt(0.5)))
+    best = {k: [c["label"] for c in data["cells"] if c["metrics"][k]["best"]] for k in data["columns"]}
+    assert best == {
+        "eval_accuracy_end": ["tp_schedule · linear"],
+        "eval_accuracy_best": ["tp_schedule · linear"],
+        "steps_to_threshold": ["tp_schedule · linear"],
+        "entropy_last": ["tp_schedule · linear"],
+        "wall_time_s": ["grpo · cosine"],
+    }
+
+
+def test_threshold_changes_steps(store, capsys):
+    data = run_json(capsys, "--sweep", "a1b2c3d4", "--uri", store["uri"], "--threshold", "0.25")
+    st = by_label(data)["grpo · cosine"]["metrics"]["steps_to_threshold"]
+    # slope 1/4: first full window (mean 0.7) → 5; slope 1/32: (s-2)/32 ≥ 0.25 → s = 10
+    assert (st["n"], st["of"], st["mean"]) == (2, 2, pytest.approx(7.5))
+    assert data["columns"]["steps_to_threshold"]["title"] == "steps to acc≥0.25"
+
+
+def test_every_selector_finds_the_same_sweep(store, capsys, monkeypatch):
+    ref = run_json(capsys, "--sweep", "a1b2c3d4", "--uri", store["uri"])
+    strip = lambda d: [(c["label"], c["n_finished"], c["n_failed"]) for c in d["cells"]]  # noqa: E731
+    client = store["client"]
+    exp_id = client.get_experiment_by_name("crs").experiment_id
+    job = client.search_runs([exp_id], "tags.sweep_id = 'a1b2c3d4' and tags.job_num = '3'")[0]
+    for argv in (
+        ["--sweep", store["parent"], "--uri", store["uri"]],
+        ["--sweep", job.info.run_id, "--uri", store["uri"]],  # a job's run id: its sweep
+        ["--sweep", str(store["sweep_dir"])],  # the sweep file knows the uri
+        ["--last", "--uri", store["uri"]],
+    ):
+        data = run_json(capsys, *argv)
+        assert data["sweep_id"] == "a1b2c3d4", argv
+        assert strip(data) == strip(ref), argv
+    monkeypatch.chdir(store["root"])  # no selector, no --uri: ./mlflow.db, the last sweep
+    data = run_json(capsys)
+    assert data["sweep_id"] == "a1b2c3d4" and strip(data) == strip(ref)
+
+
+def test_experiment_groups_by_tags(store, capsys):
+    data = run_json(capsys, "--experiment", "crs", "--uri", store["uri"])
+    assert data["cell_keys"] == ["method", "schedule", "loss"] and data["parent_run_id"] is None
+    cells = by_label(data)
+    assert len(cells) == 4
+    gl = cells["grpo · linear · grpo"]  # both sweeps' grpo·linear jobs
+    assert gl["n_finished"] == 3
+    assert gl["metrics"]["eval_accuracy_end"]["mean"] == pytest.approx((0.5 + 0.6 + 0.3) / 3)
+    notes = [n for n in data["notes"] if n.startswith("grpo · linear · grpo")]
+    assert any("seed 0" in n for n in notes)  # two finished seed-0 runs in one cell are flagged
+    assert any("trainer.lr (2 values)" in n for n in notes)  # ... and so is averaging two learning rates
+    assert not any(n.startswith("tp_schedule") for n in data["notes"])
+
+
+def test_bad_selector_is_one_line(store, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--sweep", "nope", "--uri", store["uri"]])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.startswith("crs: error: no sweep 'nope'")
+    with pytest.raises(SystemExit):
+        main(["--last", "--uri", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()  # reading never creates an empty store
+
+
+# ---------------------------------------------------------------------------------------------------
+# output formats
+
+
+def test_table_output(store, capsys):
+    capsys.readouterr()
+    main(["--last", "--uri", store["uri"]])
+    out = capsys.readouterr().out
+    assert "sweep a1b2c3d4" in out and store["parent"] in out
+    assert "same in every run: loss=grpo, model=embedded, benchmark=arithmetic" in out
+    assert "0.550 ± 0.071" in out  # grpo·linear final eval accuracy
+    lo, hi = _expect([0.5, 0.6])[2:]
+    assert f"[{lo:.3f}, {hi:.3f}]" in out  # its 95% CI
+    assert "5.0 (1/2)" in out  # grpo·cosine: one of two seeds reached the threshold
+    assert "higher" in out and "fewer" in out  # the caption says what "best" means
+    assert "failures" in out and "grpo · cosine: 1 FAILED (seed 2): " + ERROR in out
+
+
+def test_csv_output(store, capsys):
+    capsys.readouterr()
+    main(["--last", "--uri", store["uri"], "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 4
+    row = next(r for r in rows if (r["method"], r["schedule"]) == ("grpo", "cosine"))
+    assert (row["n_finished"], row["n_failed"]) == ("2", "1")
+    assert float(row["eval_accuracy_end_mean"]) == pytest.approx(0.42)
+    assert float(row["eval_accuracy_end_std"]) == pytest.approx(math.sqrt(2) * 0.02)
+    assert row["steps_to_threshold_n"] == "1" and row["steps_to_threshold_of"] == "2"
+    assert "injected failure" in row["errors"]
+    for k in ("mean", "std", "ci95_low", "ci95_high", "n"):
+        assert f"wall_time_s_{k}" in row
+
+
+def test_markdown_output(store, capsys):
+    capsys.readouterr()
+    main(["--last", "--uri", store["uri"], "--format", "markdown"])
+    out = capsys.readouterr().out
+    table = [ln for ln in out.splitlines() if ln.startswith("|")]
+    split = lambda ln: [c.strip() for c in ln.strip("|").split("|")]  # noqa: E731
+    head, rows = split(table[0]), [split(ln) for ln in table[2:]]
+    assert head[:4] == ["method", "schedule", "seeds", "failed"] and len(rows) == 4
+    assert set(split(table[1])) <= {"---", "---:"}
+    row = {tuple(r[:2]): dict(zip(head, r)) for r in rows}
+    assert row[("tp_schedule", "linear")]["eval acc (end) ↑"].startswith("**0.750 ± 0.071")
+    assert not row[("grpo", "linear")]["eval acc (end) ↑"].startswith("**")
+    assert row[("grpo", "cosine")]["failed"] == "1"
+    assert ERROR in out
+
+
+def test_extra_metric_column(store, capsys):
+    data = run_json(
+        capsys, "--last", "--uri", store["uri"], "--metric", "final/train_accuracy_last10:max", "nope"
+    )
+    m = by_label(data)["grpo · cosine"]["metrics"]["metric:final/train_accuracy_last10"]
+    assert m["mean"] == pytest.approx((1.0 + 10 / 32) / 2) and m["n"] == 2
+    assert by_label(data)["tp_schedule · linear"]["metrics"]["metric:final/train_accuracy_last10"]["best"]
+    assert any("nope" in n for n in data["notes"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# failures, open runs, plots
+
+
+def test_all_failed_cell_still_shows(store, capsys):
+    uri = store["uri"]
+    data = run_json(capsys, "--sweep", "f00dcafe", "--uri", uri)
+    assert data["cell_keys"] == ["schedule", "method"]  # command-line order, seed dropped
+    cells = by_label(data)
+    assert list(cells) == ["linear · grpo", "linear · adora"]  # job order (first job per cell), not a-z
+    adora, grpo = cells["linear · adora"], cells["linear · grpo"]
+    assert (adora["n_finished"], adora["n_failed"]) == (0, 1)
+    assert all(v["mean"] is None and v["n"] == 0 for v in adora["metrics"].values())
+    assert (grpo["n_finished"], grpo["n_running"]) == (1, 1)
+    assert grpo["metrics"]["eval_accuracy_end"] == {
+        "mean": 0.5,
+        "std": None,
+        "ci95_low": None,
+        "ci95_high": None,
+        "n": 1,
+        "best": False,
+    }
+    capsys.readouterr()
+    main(["--sweep", "f00dcafe", "--uri", uri])
+    out = capsys.readouterr().out
+    assert "linear · adora: 1 KILLED (seed 0): JobKilled: signal 15" in out
+    assert "not finished" in out and "RUNNING" in out
+
+
+def test_plots_written_and_logged(store, tmp_path, capsys):
+    out_dir = tmp_path / "plots"
+    capsys.readouterr()
+    main(["--last", "--uri", store["uri"], "--plot", str(out_dir), "--format", "json"])
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # the paths went to stderr: stdout stays parseable
+    expected = {
+        "curve_accuracy.png",
+        "curve_reward.png",
+        "curve_entropy_all.png",
+        "curve_schedule_rho.png",
+        "curve_eval_accuracy.png",
+        "heatmap_entropy.png",
+        "heatmap_kl.png",
+    }
+    assert {p.name for p in out_dir.iterdir()} == expected
+    for p in out_dir.iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000, p
+        assert f"wrote {p}" in captured.err
+    logged = {Path(a.path).name for a in store["client"].list_artifacts(store["parent"], "compare")}
+    assert logged == expected

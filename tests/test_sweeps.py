@@ -1,0 +1,145 @@
+"""Grids through real launchers: parallel local jobs (joblib) and a real SLURM job array.
+
+Each job must produce its own MLflow child run under the sweep's parent run, a failing job must end
+FAILED without stopping the others, and `crs compare` must see the right cells.
+
+    pytest tests/test_sweeps.py            # the slurm test needs `make slurm-up` (skips otherwise)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+
+def _crs(args, cwd, timeout):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "crs.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("crs")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("crs.role") == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get("crs.role") == "job"]
+    return client, parents, jobs
+
+
+def _grid(tmp_path, launcher, extra=()):
+    return [
+        "train",
+        "-m",
+        "debug=fast",
+        "trainer.max_steps=2",
+        "diagnostics.every=0",
+        "method=grpo,tp_schedule",
+        "schedule=constant,linear",
+        *extra,
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+
+
+def _check_grid(tmp_path, n_jobs):
+    client, parents, jobs = _runs(tmp_path)
+    assert len(parents) == 1
+    parent = parents[0]
+    assert len(jobs) == n_jobs
+    assert {j.data.tags["mlflow.parentRunId"] for j in jobs} == {parent.info.run_id}
+    assert {j.data.tags["sweep_id"] for j in jobs} == {parent.data.tags["sweep_id"]}
+    cells = {(j.data.tags["sweep.method"], j.data.tags["sweep.schedule"]) for j in jobs}
+    assert cells == {(m, s) for m in ("grpo", "tp_schedule") for s in ("constant", "linear")}
+    assert json.loads((tmp_path / "sweep" / "crs_sweep.json").read_text())["run_id"] == parent.info.run_id
+    return client, parent, jobs
+
+
+@pytest.mark.slow
+def test_local_grid_with_a_failing_job(tmp_path):
+    """2 methods × 2 schedules × 2 seeds, joblib launcher; seed 1 of one cell is made to fail."""
+    r = _crs(_grid(tmp_path, "local", ["seed=0,1", "inject_failure_at_step=null"]), tmp_path, 1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client, parent, jobs = _check_grid(tmp_path, 8)
+    assert all(j.info.status == "FINISHED" for j in jobs)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    # a second sweep where one job raises mid-training: the others finish, the failure is recorded
+    shutil.rmtree(tmp_path / "sweep")
+    (tmp_path / "mlflow.db").unlink()
+    r = _crs(
+        [
+            "train",
+            "-m",
+            "debug=fast",
+            "trainer.max_steps=2",
+            "diagnostics.every=0",
+            "method=grpo",
+            "schedule=linear",
+            "inject_failure_at_step=null,1",
+            "hydra/launcher=local",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        tmp_path,
+        900,
+    )
+    assert r.returncode != 0  # Hydra re-raises the job's exception after the batch
+    client, parents, jobs = _runs(tmp_path)
+    status = sorted(j.info.status for j in jobs)
+    assert status == ["FAILED", "FINISHED"]
+    failed = next(j for j in jobs if j.info.status == "FAILED")
+    assert "injected failure" in failed.data.tags["error"]
+    p = client.get_run(parents[0].info.run_id)
+    assert (
+        p.info.status == "FAILED"
+        and p.data.tags["jobs.failed"] == "1"
+        and p.data.tags["jobs.finished"] == "1"
+    )
+    out = _crs(
+        ["compare", "--last", "--uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "json"],
+        tmp_path,
+        120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "fail" in out.stdout.lower()
+
+
+def _slurm_up() -> bool:
+    if not shutil.which("sbatch") or not shutil.which("scontrol"):
+        return False
+    return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=20).returncode == 0
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM cluster (make slurm-up)")
+def test_slurm_grid(tmp_path):
+    """2 methods × 2 schedules through real sbatch (job array); every job produces its MLflow run."""
+    args = _grid(
+        tmp_path,
+        "slurm",
+        [
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=1",
+            "hydra.launcher.timeout_min=15",
+            "hydra.launcher.partition=debug",
+        ],
+    )
+    r = _crs(args, tmp_path, 1500)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    client, parent, jobs = _check_grid(tmp_path, 4)
+    assert all(j.info.status == "FINISHED" for j in jobs)
+    # the jobs really ran inside SLURM: submitit wrote the array's logs
+    assert list((tmp_path / "sweep" / ".submitit").glob("*_0/*_log.out"))
