@@ -212,7 +212,9 @@ def grpo_args(cfg: DictConfig, output_dir: Path):
         num_iterations=t.num_iterations,
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of max_steps
+        warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,  # < 1: fraction of max_steps
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         beta=t.beta,
@@ -427,12 +429,15 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         f"{cfg.trainer.max_steps} steps, device {'cuda' if not args.use_cpu else 'cpu'} × {threads} threads"
     )
     t_train = time.time()
+    start_eval = None
     if cfg.trainer.eval_on_start:
-        trainer.evaluate()
+        # Trainer.train() starts a fresh TrainerState, so keep this evaluation for the summary ourselves
+        start_eval = {**trainer.evaluate(), "step": 0}
     trainer.train()
     if cfg.trainer.eval_steps == 0 or cfg.trainer.max_steps % cfg.trainer.eval_steps:
         trainer.evaluate()  # the final evaluation, unless the periodic one already landed on the last step
-    summary = summarize(trainer.state.log_history, time.time() - t0)
+    history = ([start_eval] if start_eval else []) + list(trainer.state.log_history)
+    summary = summarize(history, time.time() - t0)
     summary["train_time_s"] = (
         time.time() - t_train
     )  # training + evaluations, without building/loading the model
