@@ -44,8 +44,10 @@ def pretrain_job(cfg: DictConfig) -> dict:
     table = Table(title=f"embedded model {'(cached)' if cached else f'built in {time.time() - t0:.0f} s'}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in (report.get("metrics") or {}).items():
+    for k, v in (report.get("eval") or {}).items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    table.add_row("parameters", f"{report.get('n_params', 0) / 1e6:.2f}M")
+    table.add_row("build time", f"{(report.get('wall_time_s') or {}).get('total', 0):.0f} s")
     table.add_row("path", str(path))
     Console().print(table)
     return report

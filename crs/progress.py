@@ -68,7 +68,8 @@ class RichProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
             return
-        if "reward" in logs:
+        is_train = "loss" in logs  # every optimizer step; rollout metrics only when it generated
+        if is_train:
             self.last.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step, stats=self._stats())

@@ -257,7 +257,8 @@ def _sample_steps(max_steps: int, n: int) -> list[int]:
 
 def summarize(log_history: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     """Numbers a researcher reads first, from the trainer's per-step logs (no hard-coded values)."""
-    train = [h for h in log_history if "reward" in h and "step" in h]
+    # every optimizer step logs "loss"; rollout metrics (reward, accuracy) only on steps that generated
+    train = [h for h in log_history if "loss" in h and "step" in h]
     evals = [h for h in log_history if "eval_accuracy" in h]
     out: dict[str, Any] = {"steps": max((h["step"] for h in train), default=0), "wall_time_s": wall}
 

@@ -114,3 +114,28 @@ def test_tracking_none_writes_no_store(compose_cfg, tmp_path):
     summary = train(compose_cfg("debug=fast", "tracking=none", "trainer.max_steps=1", "diagnostics.every=0"))
     assert summary["mlflow_run_id"] is None and not (tmp_path / "mlflow.db").exists()
     assert (tmp_path / "job" / "summary.json").exists()
+
+
+# every method, schedule and loss preset end to end (3 steps each), paired so each appears at least once
+E2E = [
+    ("grpo", "constant", "grpo"),
+    ("tp_schedule", "linear", "gspo"),
+    ("forking_tokens", "cosine", "dapo"),
+    ("entropy_adv", "sigmoid", "dr_grpo"),
+    ("focal_grpo", "gamma", "grpo"),
+    ("adora", "step", "dapo"),
+    ("r3l_amplify", "linear", "grpo"),
+]
+
+
+@pytest.mark.parametrize("method,schedule,loss", E2E, ids=["-".join(x) for x in E2E])
+def test_every_method_schedule_and_loss_trains(compose_cfg, tmp_path, method, schedule, loss):
+    cfg = compose_cfg("debug=fast", f"method={method}", f"schedule={schedule}", f"loss={loss}", "diagnostics.every=2")
+    summary = train(cfg)
+    assert summary["steps"] == 3
+    client = _client(tmp_path)
+    run = _only_run(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.name"] == method and run.data.params["schedule.name"] == schedule
+    assert len(client.get_metric_history(run.info.run_id, "adv/abs_mean")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
