@@ -68,7 +68,6 @@ def _check_grid(tmp_path, n_jobs):
     return client, parent, jobs
 
 
-@pytest.mark.slow
 def test_local_grid_with_a_failing_job(tmp_path):
     """2 methods × 2 schedules × 2 seeds, joblib launcher; seed 1 of one cell is made to fail."""
     r = _crs(_grid(tmp_path, "local", ["seed=0,1", "inject_failure_at_step=null"]), tmp_path, 1200)
@@ -76,45 +75,26 @@ def test_local_grid_with_a_failing_job(tmp_path):
     client, parent, jobs = _check_grid(tmp_path, 8)
     assert all(j.info.status == "FINISHED" for j in jobs)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
-    # a second sweep where one job raises mid-training: the others finish, the failure is recorded
-    shutil.rmtree(tmp_path / "sweep")
-    (tmp_path / "mlflow.db").unlink()
-    r = _crs(
-        [
-            "train",
-            "-m",
-            "debug=fast",
-            "trainer.max_steps=2",
-            "diagnostics.every=0",
-            "method=grpo",
-            "schedule=linear",
-            "inject_failure_at_step=null,1",
-            "hydra/launcher=local",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        ],
-        tmp_path,
-        900,
-    )
+    # a second sweep (own store: MLflow caches sqlite connections per URI in this process) where one
+    # job raises mid-training: the other job finishes and the failure is recorded
+    other = tmp_path / "failing"
+    other.mkdir()
+    args = ["train", "-m", "debug=fast", "trainer.max_steps=2", "diagnostics.every=0", "method=grpo"]
+    args += ["schedule=linear", "inject_failure_at_step=null,1", "hydra/launcher=local"]
+    args += [f"hydra.sweep.dir={other / 'sweep'}", f"tracking.uri=sqlite:///{other / 'mlflow.db'}"]
+    r = _crs(args, other, 900)
     assert r.returncode != 0  # Hydra re-raises the job's exception after the batch
-    client, parents, jobs = _runs(tmp_path)
-    status = sorted(j.info.status for j in jobs)
-    assert status == ["FAILED", "FINISHED"]
+    client, parents, jobs = _runs(other)
+    assert sorted(j.info.status for j in jobs) == ["FAILED", "FINISHED"]
     failed = next(j for j in jobs if j.info.status == "FAILED")
     assert "injected failure" in failed.data.tags["error"]
     p = client.get_run(parents[0].info.run_id)
-    assert (
-        p.info.status == "FAILED"
-        and p.data.tags["jobs.failed"] == "1"
-        and p.data.tags["jobs.finished"] == "1"
-    )
-    out = _crs(
-        ["compare", "--last", "--uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--format", "json"],
-        tmp_path,
-        120,
-    )
+    assert p.info.status == "FAILED" and p.data.tags["jobs.failed"] == "1" and p.data.tags["jobs.finished"] == "1"
+    uri = f"sqlite:///{other / 'mlflow.db'}"
+    out = _crs(["compare", "--last", "--uri", uri, "--format", "json"], other, 120)
     assert out.returncode == 0, out.stderr
-    assert "fail" in out.stdout.lower()
+    by_cell = {c["label"]: (c["n_finished"], c["n_failed"]) for c in json.loads(out.stdout)["cells"]}
+    assert by_cell == {"null": (1, 0), "1": (0, 1)}, out.stdout
 
 
 def _slurm_up() -> bool:
