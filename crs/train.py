@@ -134,7 +134,7 @@ def _tags(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -
         "method": choices.get("method", cfg.method.name),
         "schedule": choices.get("schedule", cfg.schedule.name),
         "loss": choices.get("loss", cfg.trainer.loss_type),
-        "model": choices.get("model", cfg.model.name),
+        "model": cfg.model.name,  # a user-set name says more than the option it started from
         "benchmark": choices.get("benchmark", cfg.benchmark.name),
         "seed": cfg.seed,
         "git_sha": git_sha(),

@@ -105,3 +105,22 @@ def test_typos_and_types_fail_at_composition(override):
 
     with pytest.raises(HydraException, match=override.split("=")[0].split(".")[-1].replace("method", "nope")):
         compose([override])
+
+
+@pytest.mark.parametrize("grid", [p.stem for p in SWEEPS.glob("*.yaml")])
+def test_sweep_grid_options_exist(grid):
+    """Each swept group value names a real option (a glob that matches nothing would launch 0 jobs)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.load(SWEEPS / f"{grid}.yaml").hydra.sweeper.params
+    parser = OverridesParser.create()
+    n_jobs = 1
+    for key, value in params.items():
+        override = parser.parse_overrides([f"{key}={value}"])[0]
+        choices = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        assert choices, f"{grid}: {key} sweeps over nothing"
+        n_jobs *= len(choices)
+        if (CONF / key).is_dir():
+            for choice in choices:
+                assert (CONF / key / f"{choice}.yaml").exists(), f"{grid}: {key}={choice} is not an option"
+    assert n_jobs >= 2

@@ -139,3 +139,36 @@ def test_every_method_schedule_and_loss_trains(compose_cfg, tmp_path, method, sc
     assert run.data.params["method.name"] == method and run.data.params["schedule.name"] == schedule
     assert len(client.get_metric_history(run.info.run_id, "adv/abs_mean")) == 3
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
+
+
+def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path):
+    """What a SLURM time limit or scancel does: SIGTERM → status KILLED, metrics so far kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crs.cli", "train", "debug=fast", "trainer.max_steps=500", f"tracking.uri={uri}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    client = MlflowClient(uri)
+    deadline = time.time() + 300
+    run_id = None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        exp = client.get_experiment_by_name("crs") if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+            run_id = runs[0].info.run_id
+            break
+    assert run_id is not None, proc.stderr.read() if proc.poll() is not None else "no step logged in time"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and "signal" in run.data.tags["error"]
+    assert client.get_metric_history(run_id, "loss")

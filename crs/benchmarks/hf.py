@@ -1,13 +1,14 @@
 """Real math datasets (GSM8K, MATH-500, ...) from the hub or local files, verified with math-verify.
 
 One loader for any dataset with a question column and a reference-answer column. ``benchmark.path``
-takes a hub id (``openai/gsm8k``), a local dataset folder, or local files — a single
-``.jsonl/.json/.parquet/.csv`` file, or a pattern with ``{split}`` such as ``/data/gsm8k/{split}.jsonl``.
+takes a hub id (``openai/gsm8k``), a local folder (``train.jsonl``/``test.jsonl`` or parquet files
+named by split, as ``datasets`` infers them), a single ``.jsonl/.json/.parquet/.csv`` file, or a
+pattern with ``{split}`` (quote it for Hydra: ``'benchmark.path="/data/{split}.jsonl"'``).
 Completions are scored by HF's ``math-verify`` (the last ``\\boxed{}``/number of the completion against
 the parsed reference), 1.0 if equivalent else 0.0.
 
     crs train model=qwen2.5-0.5b benchmark=gsm8k
-    crs train model.name_or_path=/models/qwen benchmark=gsm8k benchmark.path='/data/gsm8k/{split}.jsonl'
+    crs train model.name_or_path=/models/qwen benchmark=gsm8k benchmark.path=/data/gsm8k   # train.jsonl, test.jsonl
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def _load_split(cfg: Mapping[str, Any], split: str) -> Dataset:
             if not Path(file).exists():
                 raise ConfigError(f"benchmark.path: no such file {file!r}")
             return load_dataset(_FILE_BUILDERS[Path(file).suffix], data_files={split: file}, split=split)
-        return load_dataset(path, cfg.get("subset"), split=split)
+        # a local folder has no hub configs (gsm8k's "main"): its files are the splits
+        subset = None if Path(path).is_dir() else cfg.get("subset")
+        return load_dataset(path, subset, split=split)
     except ConfigError:
         raise
     except Exception as err:
