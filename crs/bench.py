@@ -26,7 +26,11 @@ VARIANTS = {
     "grpo": {},
     "tp_schedule": {"tp_schedule": {"withhold": 1.0, "drive": {"knob": "withhold", "neutral": 0.0}}},
     "forking_tokens": {
-        "forking_tokens": {"keep_fraction": 0.0, "selection": "per_sequence", "drive": {"knob": "keep_fraction", "neutral": 1.0}}
+        "forking_tokens": {
+            "keep_fraction": 0.0,
+            "selection": "per_sequence",
+            "drive": {"knob": "keep_fraction", "neutral": 1.0},
+        }
     },
     "entropy_adv": {"entropy_adv": {"strength": 1.0, "drive": {"knob": "strength", "neutral": 0.0}}},
     "grpo+diagnostics": {},
@@ -53,19 +57,37 @@ def _child(variant: str, model_dir: str, steps: int, batch: int) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
-            output_dir=out, max_steps=steps, per_device_train_batch_size=batch, num_generations=8,
-            max_completion_length=32, learning_rate=1e-4, logging_steps=1, use_cpu=True, bf16=False,
-            report_to="none", save_strategy="no", activation_checkpointing=False, disable_tqdm=True, seed=0,
+            output_dir=out,
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            num_generations=8,
+            max_completion_length=32,
+            learning_rate=1e-4,
+            logging_steps=1,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            save_strategy="no",
+            activation_checkpointing=False,
+            disable_tqdm=True,
+            seed=0,
             loss_type="grpo",
         )
-        kw = dict(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_dict({"prompt": prompts}),
-                  processing_class=tok)
+        kw = dict(
+            model=model,
+            reward_funcs=[reward],
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            processing_class=tok,
+        )
         chain = VARIANTS[variant]
         if chain is None:
             trainer = GRPOTrainer(**kw)
         else:
             trainer = CreditGRPOTrainer(
-                **kw, credit=CreditChain(chain), schedule=lambda p: 1.0 - p,
+                **kw,
+                credit=CreditChain(chain),
+                schedule=lambda p: 1.0 - p,
                 diagnostics_every=1 if variant.endswith("diagnostics") else 0,
             )
         times = []
@@ -105,9 +127,21 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.repeats):
             for v in variants:  # interleaved, so drift in machine load hits every variant alike
                 out = subprocess.run(
-                    [sys.executable, "-m", "crs.bench", "--child", v, model_dir, "--steps", str(args.steps),
-                     "--batch", str(args.batch)],
-                    capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                    [
+                        sys.executable,
+                        "-m",
+                        "crs.bench",
+                        "--child",
+                        v,
+                        model_dir,
+                        "--steps",
+                        str(args.steps),
+                        "--batch",
+                        str(args.batch),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONWARNINGS": "ignore"},
                 )
                 if out.returncode != 0:
                     raise SystemExit(f"variant {v} failed:\n{out.stderr[-2000:]}")
@@ -118,8 +152,10 @@ def main(argv: list[str] | None = None) -> None:
 
     base = statistics.median(x["s_per_step"] for x in results[variants[0]])
     base_mem = statistics.median(x["peak_rss_mb"] for x in results[variants[0]])
-    table = Table(title=f"credit-hook cost vs {variants[0]} ({args.batch} completions/step, {args.steps} steps, "
-                        f"median of {args.repeats})")
+    table = Table(
+        title=f"credit-hook cost vs {variants[0]} ({args.batch} completions/step, {args.steps} steps, "
+        f"median of {args.repeats})"
+    )
     for col in ("variant", "s/step", "time ratio", "peak RSS (MB)", "memory ratio"):
         table.add_column(col, justify="right" if col != "variant" else "left")
     for v in variants:

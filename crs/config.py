@@ -81,7 +81,9 @@ class TrainerConfig:
     )
     lr: float = _f(1e-4, "Learning rate (AdamW). Toy models need far more than the 1e-6 used for 4B models.")
     lr_scheduler_type: str = _f("constant", "transformers LR schedule (constant, linear, cosine, ...).")
-    warmup_steps: float = _f(0, "LR warm-up: an integer number of steps, or a float in (0, 1) as a fraction of max_steps.")
+    warmup_steps: float = _f(
+        0, "LR warm-up: an integer number of steps, or a float in (0, 1) as a fraction of max_steps."
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay (DAPO/80-20 recipes: 0.1).")
     adam_beta1: float = _f(
         0.9, "AdamW β1. Small batches give noisy policy gradients; heavier momentum (0.98) averages them out."
@@ -276,7 +278,9 @@ def validate(cfg: DictConfig) -> None:
     _check(t.beta >= 0, f"trainer.beta must be >= 0 (got {t.beta})")
     _check(t.epsilon > 0, f"trainer.epsilon must be > 0 (got {t.epsilon})")
     _check(t.epsilon_high is None or t.epsilon_high > 0, "trainer.epsilon_high must be > 0 or null")
-    _check(t.warmup_steps >= 0, "trainer.warmup_steps must be >= 0 (steps, or a fraction of max_steps if < 1)")
+    _check(
+        t.warmup_steps >= 0, "trainer.warmup_steps must be >= 0 (steps, or a fraction of max_steps if < 1)"
+    )
     _check(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "trainer.adam_beta1/adam_beta2 must be in [0, 1)")
     _check(t.num_iterations >= 1, "trainer.num_iterations must be >= 1")
     _check(t.eval_steps >= 0, "trainer.eval_steps must be >= 0")

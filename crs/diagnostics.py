@@ -85,24 +85,22 @@ def draw_heatmaps(
         steps = sorted(by_step)
         grid = np.array([by_step[s] for s in steps], dtype=float).T  # [bins, steps]
         bins = grid.shape[0]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(steps) + 2), 3.2))
-        im = ax.imshow(
-            grid,
-            aspect="auto",
-            origin="lower",
-            cmap="viridis",
-            interpolation="nearest",
-            extent=(steps[0] - 0.5, steps[-1] + 0.5, 0, 1),
-        )
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("trajectory percentile t/L")
-        ax.set_title(
-            f"{family} by trajectory percentile ({bins} bins){' — ' + title if title else ''}", fontsize=9
-        )
-        fig.colorbar(im, ax=ax, label="KL(rollout‖updated)" if family == "kl" else "entropy (nats)")
+        label = "KL(rollout‖updated)" if family == "kl" else "entropy (nats)"
+        # raw values, and each step's share per bin: *where* in the trajectory the change/uncertainty sits
+        # (the paper's "KL shifts from late to early percentiles" reads off the second panel)
+        total = grid.sum(axis=0, keepdims=True)
+        share = np.divide(grid, total, out=np.zeros_like(grid), where=total > 0)
+        fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
+        extent = (steps[0] - 0.5, steps[-1] + 0.5, 0, 1)
+        for ax, data, name in ((axes[0], grid, label), (axes[1], share, "share of the step's total")):
+            im = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest", extent=extent)
+            ax.set_ylabel("percentile t/L")
+            fig.colorbar(im, ax=ax, label=name, fraction=0.04, pad=0.01)
+        axes[1].set_xlabel("optimizer step")
+        axes[0].set_title(f"{family} by trajectory percentile ({bins} bins){' — ' + title if title else ''}", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"{family}_by_percentile.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written

@@ -57,6 +57,7 @@ BUILDER_VERSION = 1
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
+
 @dataclass
 class EmbeddedModelConfig:
     """How the embedded model is built. Defaults are the calibrated values."""

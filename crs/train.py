@@ -212,7 +212,9 @@ def grpo_args(cfg: DictConfig, output_dir: Path):
         num_iterations=t.num_iterations,
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,  # < 1: fraction of max_steps
+        warmup_steps=int(t.warmup_steps)
+        if t.warmup_steps >= 1
+        else t.warmup_steps,  # < 1: fraction of max_steps
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,
         weight_decay=t.weight_decay,

@@ -44,3 +44,19 @@ def compose_cfg(tmp_path):
         )
 
     return _compose
+
+
+def run_crs(*args, cwd=None, timeout=600):
+    """Run the real `crs` command line in a subprocess (as a user would)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "crs.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

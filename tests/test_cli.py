@@ -8,17 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import run_crs
+
 
 def crs(*args, cwd=None, timeout=120):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "crs.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_crs(*args, cwd=cwd, timeout=timeout)
 
 
 def test_help():

@@ -20,10 +20,14 @@ from crs.errors import ConfigError
 from crs.train import train
 
 GSM8K_ROWS = [
-    {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
-     "answer": "Tom has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"},
-    {"question": "A box holds 1,200 pens; 200 are sold. How many are left?",
-     "answer": "1,200 - 200 = <<1200-200=1000>>1,000 pens are left.\n#### 1,000"},
+    {
+        "question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
+        "answer": "Tom has 3 + 4 = <<3+4=7>>7 apples.\n#### 7",
+    },
+    {
+        "question": "A box holds 1,200 pens; 200 are sold. How many are left?",
+        "answer": "1,200 - 200 = <<1200-200=1000>>1,000 pens are left.\n#### 1,000",
+    },
     {"question": "What is 6 times 7?", "answer": "6 * 7 = <<6*7=42>>42\n#### 42"},
     {"question": "Half of 18 is?", "answer": "18 / 2 = <<18/2=9>>9\n#### 9"},
 ]
@@ -54,7 +58,9 @@ def test_math_verify_reward():
         [{"role": "assistant", "content": "Therefore \\boxed{1000}"}],
     ]
     rewards = math_reward(
-        prompts=["p"] * 4, completions=completions, answer=["7", "7", "\\frac{1}{2}", "1000"],
+        prompts=["p"] * 4,
+        completions=completions,
+        answer=["7", "7", "\\frac{1}{2}", "1000"],
         log_metric=lambda name, value: seen.setdefault(name, value),
     )
     assert rewards == [1.0, 0.0, 1.0, 1.0]
@@ -62,9 +68,19 @@ def test_math_verify_reward():
 
 
 def test_local_gsm8k_files_load(gsm8k_dir):
-    cfg = {"name": "hf", "path": str(gsm8k_dir / "{split}.jsonl"), "train_split": "train", "eval_split": "test",
-           "question_field": "question", "answer_field": "answer", "answer_format": "gsm8k",
-           "prompt_template": "{question}\nAnswer in \\boxed{{}}.", "chat": True, "n_train": None, "n_eval": 2}
+    cfg = {
+        "name": "hf",
+        "path": str(gsm8k_dir / "{split}.jsonl"),
+        "train_split": "train",
+        "eval_split": "test",
+        "question_field": "question",
+        "answer_field": "answer",
+        "answer_format": "gsm8k",
+        "prompt_template": "{question}\nAnswer in \\boxed{{}}.",
+        "chat": True,
+        "n_train": None,
+        "n_eval": 2,
+    }
     b = build_benchmark(cfg, seed=0)
     assert len(b.train) == 4 and len(b.eval) == 2
     assert b.eval["answer"] == ["7", "1000"]
@@ -78,12 +94,21 @@ def test_local_gsm8k_files_load(gsm8k_dir):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_train_on_local_model_and_dataset(compose_cfg, tmp_path, tiny_model_dir, gsm8k_dir, lora):
     overrides = [
-        "debug=fast", "benchmark=gsm8k", f"benchmark.path={gsm8k_dir}", "benchmark.chat=false",
-        f"model.name_or_path={tiny_model_dir}", "model.name=tiny-local", "trainer.max_steps=2",
+        "debug=fast",
+        "benchmark=gsm8k",
+        f"benchmark.path={gsm8k_dir}",
+        "benchmark.chat=false",
+        f"model.name_or_path={tiny_model_dir}",
+        "model.name=tiny-local",
+        "trainer.max_steps=2",
         "trainer.eval_prompts=2",
     ]
     if lora:
-        overrides += ["model.lora.enabled=true", "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]"]
+        overrides += [
+            "model.lora.enabled=true",
+            "model.lora.r=4",
+            "model.lora.target_modules=[q_proj,v_proj]",
+        ]
     summary = train(compose_cfg(*overrides))
     assert summary["steps"] == 2
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -9,25 +9,16 @@ FAILED without stopping the others, and `crs compare` must see the right cells.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
+from conftest import run_crs
 from mlflow.tracking import MlflowClient
 
 
 def _crs(args, cwd, timeout):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "crs.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_crs(*args, cwd=cwd, timeout=timeout)
 
 
 def _runs(tmp_path):
@@ -89,7 +80,11 @@ def test_local_grid_with_a_failing_job(tmp_path):
     failed = next(j for j in jobs if j.info.status == "FAILED")
     assert "injected failure" in failed.data.tags["error"]
     p = client.get_run(parents[0].info.run_id)
-    assert p.info.status == "FAILED" and p.data.tags["jobs.failed"] == "1" and p.data.tags["jobs.finished"] == "1"
+    assert (
+        p.info.status == "FAILED"
+        and p.data.tags["jobs.failed"] == "1"
+        and p.data.tags["jobs.finished"] == "1"
+    )
     uri = f"sqlite:///{other / 'mlflow.db'}"
     out = _crs(["compare", "--last", "--uri", uri, "--format", "json"], other, 120)
     assert out.returncode == 0, out.stderr

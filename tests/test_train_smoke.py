@@ -130,7 +130,9 @@ E2E = [
 
 @pytest.mark.parametrize("method,schedule,loss", E2E, ids=["-".join(x) for x in E2E])
 def test_every_method_schedule_and_loss_trains(compose_cfg, tmp_path, method, schedule, loss):
-    cfg = compose_cfg("debug=fast", f"method={method}", f"schedule={schedule}", f"loss={loss}", "diagnostics.every=2")
+    cfg = compose_cfg(
+        "debug=fast", f"method={method}", f"schedule={schedule}", f"loss={loss}", "diagnostics.every=2"
+    )
     summary = train(cfg)
     assert summary["steps"] == 3
     client = _client(tmp_path)
@@ -151,8 +153,19 @@ def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crs.cli", "train", "debug=fast", "trainer.max_steps=500", f"tracking.uri={uri}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "crs.cli",
+            "train",
+            "debug=fast",
+            "trainer.max_steps=500",
+            f"tracking.uri={uri}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     client = MlflowClient(uri)

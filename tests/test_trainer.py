@@ -95,6 +95,20 @@ def _rollout(tr):
     return inputs
 
 
+def _entropies(tr, inputs):
+    """Token entropies of the (unchanged) policy on the rollout, from TRL's own forward."""
+    with torch.no_grad():
+        _, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            tr,
+            tr.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            inputs["completion_ids"].shape[1],
+            compute_entropy=True,
+        )
+    return ent
+
+
 def _plain_loss(tr, inputs):
     return tr._compute_loss(tr.model, dict(inputs))
 
@@ -217,15 +231,7 @@ def test_forking_selected_renormalises_by_selected_count(model_and_tok, tmp_path
         GRPOTrainer, model_and_tok, tmp_path / "p", {"loss_type": "bnpo", "top_entropy_quantile": 0.2}
     )
     inputs = _rollout(ours)
-    with torch.no_grad():
-        _, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            plain,
-            plain.model,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
-            inputs["completion_ids"].shape[1],
-            compute_entropy=True,
-        )
+    ent = _entropies(plain, inputs)
     m = inputs["completion_mask"].bool()
     thr = torch.quantile(ent[m].float(), 0.8)
     n_sel = ((ent >= thr) & m).sum()
@@ -248,15 +254,7 @@ def test_entropy_adv_equals_trl_with_shaped_advantages(model_and_tok, tmp_path):
     ours = _trainer(CreditGRPOTrainer, model_and_tok, tmp_path / "c", credit=chain, schedule=lambda p: rho)
     plain = _trainer(GRPOTrainer, model_and_tok, tmp_path / "p")
     inputs = _rollout(ours)
-    with torch.no_grad():
-        _, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            plain,
-            plain.model,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
-            inputs["completion_ids"].shape[1],
-            compute_entropy=True,
-        )
+    ent = _entropies(plain, inputs)
     A = inputs["advantages"][:, None]
     m = inputs["completion_mask"].float()
     shaped = (A + rho * torch.minimum(0.4 * ent, A.abs() / 2.0)) * m  # Cheng et al., ρ-scaled (RLVR-Schedule)
