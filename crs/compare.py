@@ -889,6 +889,15 @@ def _step_edges(steps: Sequence[int]):
     return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
 
 
+def _smooth(values, window: int):
+    """Centred moving average (edges use the available points)."""
+    import pandas as pd
+
+    if window <= 1:
+        return values
+    return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
+
+
 def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> list[Path]:
     """Learning curves and trajectory-percentile heatmaps of the finished runs, one PNG per metric.
 
@@ -918,6 +927,10 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
         if not _metric_present(cmp, metric):
             continue
         fig, ax = plt.subplots(figsize=(7, 4.2))
+        # per-step metrics of small batches are noisy: a centred moving average over ~3% of the run
+        # (1 = none for short runs); evaluations, logged a few times per run, are never smoothed
+        n_steps = max((len(hist.get(r.run_id, metric)) for c in cmp.cells for r in c.finished), default=0)
+        window = 1 if metric.startswith("eval_") or n_steps < 40 else max(3, round(n_steps / 30))
         drawn = 0
         for i, cell in enumerate(cmp.cells):
             by_step: dict[int, list[float]] = defaultdict(list)
@@ -930,9 +943,9 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
             if len(by_step) < 1:
                 continue
             steps = sorted(by_step)
-            mean = np.array([np.mean(by_step[s]) for s in steps])
-            lo = np.array([np.min(by_step[s]) for s in steps])
-            hi = np.array([np.max(by_step[s]) for s in steps])
+            mean = _smooth(np.array([np.mean(by_step[s]) for s in steps]), window)
+            lo = _smooth(np.array([np.min(by_step[s]) for s in steps]), window)
+            hi = _smooth(np.array([np.max(by_step[s]) for s in steps]), window)
             color = colors(i % 10)
             ax.plot(
                 steps,
@@ -953,7 +966,8 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric}: mean over seeds, band = min–max (finished runs)", fontsize=9)
+        smoothing = f", moving average over {window} steps" if window > 1 else ""
+        ax.set_title(f"{metric}: mean over seeds, band = min–max (finished runs){smoothing}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title=legend_title, title_fontsize=7)
         fig.tight_layout()
@@ -990,6 +1004,11 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
                 for bi, b in enumerate(bins):
                     if acc[s][b]:
                         grid[bi, j] = np.mean(acc[s][b])
+            if family == "kl":
+                # KL of the first updates dwarfs the rest on a linear scale; each step's share per bin shows
+                # *where* the policy moves (the paper's late → early shift) at every step alike
+                total = np.nansum(grid, axis=0, keepdims=True)
+                grid = np.divide(grid, total, out=np.full_like(grid, np.nan), where=total > 0)
             grids.append((cell, runs, steps, grid))
         if not grids:
             continue
@@ -1024,7 +1043,9 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
         for ax in axes.ravel()[len(grids) :]:
             ax.axis("off")
         label = (
-            "KL(rollout‖updated), mean over seeds" if family == "kl" else "entropy (nats), mean over seeds"
+            "share of the step's KL(rollout‖updated), mean over seeds"
+            if family == "kl"
+            else "entropy (nats), mean over seeds"
         )
         fig.colorbar(mesh, ax=axes.ravel().tolist(), label=label)
         fig.suptitle(

@@ -93,11 +93,15 @@ def draw_heatmaps(
         fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True)
         extent = (steps[0] - 0.5, steps[-1] + 0.5, 0, 1)
         for ax, data, name in ((axes[0], grid, label), (axes[1], share, "share of the step's total")):
-            im = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest", extent=extent)
+            im = ax.imshow(
+                data, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest", extent=extent
+            )
             ax.set_ylabel("percentile t/L")
             fig.colorbar(im, ax=ax, label=name, fraction=0.04, pad=0.01)
         axes[1].set_xlabel("optimizer step")
-        axes[0].set_title(f"{family} by trajectory percentile ({bins} bins){' — ' + title if title else ''}", fontsize=9)
+        axes[0].set_title(
+            f"{family} by trajectory percentile ({bins} bins){' — ' + title if title else ''}", fontsize=9
+        )
         fig.tight_layout()
         path = out_dir / f"{family}_by_percentile.png"
         fig.savefig(path, dpi=110)
