@@ -33,8 +33,8 @@ train: demo ## alias of demo
 pretrain: install ## build (or show) the embedded warm-started model
 	$(BIN)/crs pretrain
 
-test: install ## hermetic CPU tests (no hub, no SLURM); what CI runs
-	$(BIN)/python -m pytest -m "not slow and not slurm" -q
+test: install ## hermetic CPU tests (no hub); the SLURM test runs when a cluster is up (make slurm-up), else skips
+	$(BIN)/python -m pytest -m "not slow" -q
 
 test-all: install ## every test, including slow end-to-end sweeps (a SLURM cluster must be up for slurm tests)
 	$(BIN)/python -m pytest -q

@@ -396,7 +396,7 @@ def build_and_sft(
                 dataloader_num_workers=0,
                 bf16=False,
                 use_cpu=True,
-                gradient_checkpointing=False,
+                activation_checkpointing=False,
                 report_to="none",
                 save_strategy="no",
                 disable_tqdm=True,

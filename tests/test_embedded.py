@@ -231,7 +231,7 @@ def test_tiny_model_and_benchmark_run_in_grpo(tiny_dir, tmp_path):
         loss_type="grpo",
         bf16=False,
         use_cpu=True,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
