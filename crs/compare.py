@@ -183,7 +183,7 @@ def base_columns(threshold: float) -> list[Column]:
             "fewer (cells where every seed got there)",
         ),
         Column("entropy_last", "entropy (last)", "max", 3, "higher (less entropy collapse)"),
-        Column("wall_time_s", "train time (s)", "min", 0, "shorter"),
+        Column("train_time_s", "train time (s)", "min", 0, "shorter"),
     ]
 
 
@@ -637,9 +637,9 @@ def load(sel: Selection, threshold: float = 0.5, extra: Sequence[Column] = ()) -
             v["entropy_last"] = _value(row, "metrics.entropy/all")
         # training time (trainer.train() + evaluations), not model build/load: the first job of a sweep
         # builds the cached model and would look slower; fall back to wall time for older runs
-        v["wall_time_s"] = _value(row, "metrics.final/train_time_s")
-        if v["wall_time_s"] is None:
-            v["wall_time_s"] = _value(row, "metrics.final/wall_time_s")
+        v["train_time_s"] = _value(row, "metrics.final/train_time_s")
+        if v["train_time_s"] is None:
+            v["train_time_s"] = _value(row, "metrics.final/wall_time_s")
         for col in extra:
             v[col.key] = _value(row, f"metrics.{col.title}")
     for col in extra:

@@ -161,10 +161,17 @@ def resolve_model_path(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
     """``model.name_or_path`` as given, or the embedded model (built and cached on first use)."""
     if cfg.model.name_or_path:
         return str(cfg.model.name_or_path), None
-    from crs.embedded import EmbeddedModelConfig, ensure_embedded_model
+    from crs.embedded import EmbeddedModelConfig, cache_key, ensure_embedded_model
+    from crs.progress import console
 
     mcfg = EmbeddedModelConfig(**OmegaConf.to_container(cfg.model.embedded, resolve=True))
-    path = ensure_embedded_model(mcfg, cfg.benchmark, Path(cfg.paths.cache_dir))
+    cache_dir = Path(cfg.paths.cache_dir)
+    if not (cache_dir / f"embedded-{cache_key(mcfg, cfg.benchmark)}").exists():
+        console.print(
+            f"crs: building the embedded model once (tokenizer + toy Qwen2 + SFT warm-start, "
+            f"{mcfg.sft_steps} steps); cached in {cache_dir}"
+        )
+    path = ensure_embedded_model(mcfg, cfg.benchmark, cache_dir)
     report = path / "crs_pretrain.json"
     return str(path), (json.loads(report.read_text()) if report.exists() else None)
 

@@ -344,7 +344,7 @@ def test_sweep_table_values(store, capsys):
             "eval_accuracy_end": [s["end"] for s in seeds],
             "eval_accuracy_best": [s["best"] if s["best"] is not None else s["peak"] for s in seeds],
             "entropy_last": [s["ent"] for s in seeds],
-            "wall_time_s": [s["wall"] for s in seeds],
+            "train_time_s": [s["wall"] for s in seeds],  # runs without final/train_time_s: wall time
         }
         for key, values in expect.items():
             mean, sd, lo, hi = _expect(values)
@@ -379,7 +379,7 @@ def test_sweep_table_values(store, capsys):
         "eval_accuracy_best": ["tp_schedule · linear"],
         "steps_to_threshold": ["tp_schedule · linear"],
         "entropy_last": ["tp_schedule · linear"],
-        "wall_time_s": ["grpo · cosine"],
+        "train_time_s": ["grpo · cosine"],
     }
 
 
@@ -466,7 +466,7 @@ def test_csv_output(store, capsys):
     assert row["steps_to_threshold_n"] == "1" and row["steps_to_threshold_of"] == "2"
     assert "injected failure" in row["errors"]
     for k in ("mean", "std", "ci95_low", "ci95_high", "n"):
-        assert f"wall_time_s_{k}" in row
+        assert f"train_time_s_{k}" in row
 
 
 def test_markdown_output(store, capsys):
