@@ -41,9 +41,10 @@ def _child(variant: str, model_dir: str, steps: int, batch: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from crs.credit import CreditChain
+    from crs.testing import cpu_grpo_config
     from crs.trainer import CreditGRPOTrainer
 
     torch.set_num_threads(1)
@@ -56,22 +57,13 @@ def _child(variant: str, model_dir: str, steps: int, batch: int) -> dict:
         return [float(sum(ids) % 5) / 5 for ids in completion_ids]
 
     with tempfile.TemporaryDirectory() as out:
-        args = GRPOConfig(
-            output_dir=out,
+        args = cpu_grpo_config(
+            out,
             max_steps=steps,
             per_device_train_batch_size=batch,
             num_generations=8,
             max_completion_length=32,
             learning_rate=1e-4,
-            logging_steps=1,
-            use_cpu=True,
-            bf16=False,
-            report_to="none",
-            save_strategy="no",
-            activation_checkpointing=False,
-            disable_tqdm=True,
-            seed=0,
-            loss_type="grpo",
         )
         kw = dict(
             model=model,
@@ -108,9 +100,9 @@ def _child(variant: str, model_dir: str, steps: int, batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m crs.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch", type=int, default=32, help="completions per step")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=64, help="completions per step")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--child", nargs=2, metavar=("VARIANT", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -66,3 +66,33 @@ def build_tiny_model(out_dir: Path, seed: int = 0, sft_steps: int | None = None)
         )
     )
     return out_dir
+
+
+def cpu_grpo_config(output_dir: str | Path, **overrides: Any):
+    """A ``GRPOConfig`` that runs on a CPU in seconds: tiny batch, fp32, nothing logged or saved.
+
+    TRL defaults to bf16 (fails on CPU), gradient checkpointing and ``logging_steps=10``; tests and
+    benchmarks share these settings so they all measure the same thing.
+    """
+    from trl import GRPOConfig
+
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        max_steps=1,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=12,
+        learning_rate=1e-3,
+        logging_steps=1,
+        beta=0.0,
+        loss_type="grpo",
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)

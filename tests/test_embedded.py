@@ -214,29 +214,13 @@ def test_evaluate_model_keys_ranges_and_determinism(tiny):
 def test_tiny_model_and_benchmark_run_in_grpo(tiny_dir, tmp_path):
     """The model dir, the prompt format and the reward signature work in TRL's GRPOTrainer as is."""
     from transformers import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from crs.benchmarks import build_benchmark
+    from crs.testing import cpu_grpo_config
 
     bench = build_benchmark({**TINY_BENCH_CONFIG, "n_train": 16}, seed=0)
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=12,
-        learning_rate=1e-3,
-        logging_steps=1,
-        beta=0.0,
-        loss_type="grpo",
-        bf16=False,
-        use_cpu=True,
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = cpu_grpo_config(tmp_path, max_steps=2)
     trainer = GRPOTrainer(
         model=str(tiny_dir),
         args=args,

@@ -21,9 +21,10 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 
 from crs.credit import CreditChain
+from crs.testing import cpu_grpo_config
 from crs.trainer import CreditGRPOTrainer
 
 
@@ -47,25 +48,7 @@ def _dataset():
 
 
 def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=12,
-        max_steps=1,
-        learning_rate=1e-3,
-        logging_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        activation_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
-        loss_type="grpo",
-    )
-    base.update(kw)
-    return GRPOConfig(**base)
+    return cpu_grpo_config(tmp_path, **kw)
 
 
 def _trainer(cls, model_and_tok, tmp_path, args_kw=None, **crs_kw):
