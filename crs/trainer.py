@@ -153,12 +153,11 @@ class CreditGRPOTrainer(GRPOTrainer):
             sl = slice(rank * local_b, (rank + 1) * local_b)
             for name, value in feats.items():
                 out[f"crs_{name}"] = value[sl].to(device)
-        if (
-            mode == "train"
-            and self.state.global_step in self.sample_steps
-            and self.accelerator.is_main_process
-        ):
-            self.sample_steps.discard(self.state.global_step)
+        due = {s for s in self.sample_steps if s <= self.state.global_step}
+        if mode == "train" and due and self.accelerator.is_main_process:
+            # the first rollout at or after each sample step (rollouts are rarer than steps when
+            # steps_per_generation > 1, e.g. GSPO's 4 mini-batches)
+            self.sample_steps -= due
             self._keep_samples(inputs, out, rollout)
         return out
 
