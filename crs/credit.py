@@ -69,8 +69,6 @@ class CreditBatch:
             plus method features such as ``adora_tas``).
         entropies: ``[B,T]`` detached token entropies of the policy (advantage phase only).
         logps: ``[B,T]`` detached token log-probs of the policy (advantage phase only).
-        scale_rewards: TRL's advantage scaling mode (``group``, ``batch``, ``none``), for steps that
-            recompute advantages from rewards.
     """
 
     advantages: Tensor
@@ -80,7 +78,6 @@ class CreditBatch:
     features: Mapping[str, Tensor] = field(default_factory=dict)
     entropies: Tensor | None = None
     logps: Tensor | None = None
-    scale_rewards: str = "group"
 
     def replace(self, **changes: Any) -> CreditBatch:
         return dataclasses.replace(self, **changes)

@@ -286,54 +286,6 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
-def _progress_callback(description: str):
-    """A ``TrainerCallback`` drawing a ``rich`` progress bar with the running loss."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from transformers import TrainerCallback
-
-    class RichProgress(TrainerCallback):
-        def __init__(self) -> None:
-            self.progress: Progress | None = None
-            self.task = None
-            self.loss = float("nan")
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.3f}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task(description, total=state.max_steps, loss=self.loss)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if self.progress is not None and logs and "loss" in logs:
-                self.loss = float(logs["loss"])
-                self.progress.update(self.task, loss=self.loss)
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
-
-        def on_train_end(self, args, state, control, **kw):
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
-
-    return RichProgress()
-
-
 def build_and_sft(
     model_cfg: EmbeddedModelConfig | Mapping[str, Any] | None,
     bench_cfg: Mapping[str, Any] | None,
@@ -369,7 +321,11 @@ def build_and_sft(
 
         callbacks: list[Any] = [Recorder()]
         if show_progress:
-            callbacks.append(_progress_callback("SFT warm-start"))
+            from crs.progress import RichProgressCallback, fmt
+
+            callbacks.append(
+                RichProgressCallback("SFT warm-start", stats=lambda s: f"loss {fmt(s.get('loss'))}")
+            )
         t0 = time.perf_counter()
         if cfg.sft_steps <= 0:  # random init (Trainer would read max_steps=0 as "use epochs")
             model.config.use_cache = True

@@ -25,15 +25,24 @@ from transformers import TrainerCallback
 console = Console(stderr=False, highlight=False)
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
+def fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _rl_stats(s: Mapping[str, Any]) -> str:
+    return (
+        f"reward {fmt(s.get('reward'))}  acc {fmt(s.get('accuracy'))}  ρ {fmt(s.get('schedule/rho'), 2)}"
+        f"  H {fmt(s.get('entropy/all'))}"
+    )
 
 
 class RichProgressCallback(TrainerCallback):
     """Progress bar over optimizer steps, fed by the trainer's per-step logs."""
 
-    def __init__(self, description: str = "train"):
+    def __init__(self, description: str = "train", stats=None):
         self.description = description
+        # last logged values -> the text shown beside the bar (default: the RL numbers)
+        self.stats = stats or _rl_stats
         self.progress: Progress | None = None
         self.task = None
         self.last: dict[str, float] = {}
@@ -59,11 +68,11 @@ class RichProgressCallback(TrainerCallback):
             self.task = self.progress.add_task(self.description, total=total, stats="")
 
     def _stats(self) -> str:
-        s = self.last
-        return (
-            f"reward {_fmt(s.get('reward'))}  acc {_fmt(s.get('accuracy'))}  ρ {_fmt(s.get('schedule/rho'), 2)}"
-            f"  H {_fmt(s.get('entropy/all'))}"
-        )
+        return self.stats(self.last)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -73,16 +82,14 @@ class RichProgressCallback(TrainerCallback):
             self.last.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step, stats=self._stats())
-        elif "reward" in logs and (
-            state.global_step % self.every == 0 or state.global_step == state.max_steps
-        ):
+        elif is_train and (state.global_step % self.every == 0 or state.global_step == state.max_steps):
             print(
                 f"[{self.description}] step {state.global_step}/{state.max_steps}  {self._stats()}",
                 flush=True,
             )
         if "eval_accuracy" in logs and self.progress is None:
             print(
-                f"[{self.description}] eval @ step {state.global_step}: accuracy {_fmt(logs['eval_accuracy'])}",
+                f"[{self.description}] eval @ step {state.global_step}: accuracy {fmt(logs['eval_accuracy'])}",
                 flush=True,
             )
 
@@ -101,23 +108,23 @@ def summary_table(summary: Mapping[str, Any], title: str) -> Table:
     rows = [
         (
             "eval accuracy (start → end)",
-            f"{_fmt(summary.get('eval_accuracy_start'))} → {_fmt(summary.get('eval_accuracy_end'))}",
+            f"{fmt(summary.get('eval_accuracy_start'))} → {fmt(summary.get('eval_accuracy_end'))}",
         ),
         (
             "train accuracy (first 10% → last 10%)",
-            f"{_fmt(summary.get('train_accuracy_first10'))} → {_fmt(summary.get('train_accuracy_last10'))}",
+            f"{fmt(summary.get('train_accuracy_first10'))} → {fmt(summary.get('train_accuracy_last10'))}",
         ),
         (
             "mean reward (first 10% → last 10%)",
-            f"{_fmt(summary.get('reward_first10'))} → {_fmt(summary.get('reward_last10'))}",
+            f"{fmt(summary.get('reward_first10'))} → {fmt(summary.get('reward_last10'))}",
         ),
         (
             "best train accuracy (step)",
-            f"{_fmt(summary.get('train_accuracy_best'))} ({summary.get('train_accuracy_best_step', '–')})",
+            f"{fmt(summary.get('train_accuracy_best'))} ({summary.get('train_accuracy_best_step', '–')})",
         ),
         (
             "entropy, all tokens (first → last step)",
-            f"{_fmt(summary.get('entropy_first'))} → {_fmt(summary.get('entropy_last'))}",
+            f"{fmt(summary.get('entropy_first'))} → {fmt(summary.get('entropy_last'))}",
         ),
         ("steps", str(summary.get("steps", "–"))),
         ("wall time", f"{summary.get('wall_time_s', 0):.0f} s"),

@@ -196,7 +196,6 @@ class CreditGRPOTrainer(GRPOTrainer):
             advantages=inputs["advantages"],
             mask=mask,
             features=features,
-            scale_rewards=str(self.scale_rewards),
         )
         new_mask = None
         if self.filter_zero_std_groups:
