@@ -23,8 +23,27 @@ USAGE = __doc__.split("\n\n")[1]
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 
 
+def _unknown_option(err: BaseException) -> str | None:
+    """Hydra's "Could not find 'group/name'" as one line listing every option of the group (no schemas)."""
+    import re
+
+    m = re.search(r"Could not find '([\w/]+)/([^']+)'", str(err))
+    if not m:
+        return None
+    from crs.train import CONF_DIR
+
+    group, name = m.group(1), m.group(2)
+    options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    if not options:
+        return None
+    return f"{group}={name} is not an option; choose one of: {', '.join(options)}"
+
+
 def _one_line(err: BaseException) -> str:
     """Hydra/OmegaConf errors are multi-line; keep the informative first lines, joined."""
+    unknown = _unknown_option(err)
+    if unknown:
+        return unknown
     parts = []
     for e in (err, err.__cause__):
         if e is None:
@@ -111,6 +130,9 @@ def schedule_cmd(argv: list[str]) -> None:
         sys.exit(2)
     except Exception as err:
         error_line(_one_line(err))
+        sys.exit(2)
+    if args.steps is not None and args.steps < 1:
+        error_line(f"--steps must be >= 1 (got {args.steps})")
         sys.exit(2)
     rho = schedule_from_cfg(cfg.schedule)
     chain = CreditChain(cfg.method.credit)

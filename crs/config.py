@@ -254,6 +254,11 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check values that types cannot; raise :class:`ConfigError` naming the key and what is accepted."""
+    seed = cfg.get("seed")
+    _check(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
+        f"seed must be an integer in [0, 2^32) (got {seed!r})",
+    )
     for key, choices in _CHOICES.items():
         val = OmegaConf.select(cfg, key)
         _check(val in choices, f"{key} must be one of {', '.join(choices)} (got {val!r})")
@@ -296,7 +301,7 @@ def validate(cfg: DictConfig) -> None:
         for key in t.extra:
             _check(key in known, f"trainer.extra.{key} is not a GRPOConfig field")
     s = cfg.schedule
-    from crs.schedules import SCHEDULES, schedule_from_cfg
+    from crs.schedules import SCHEDULES, check_schedule, schedule_from_cfg
 
     _check(
         s.name in SCHEDULES, f"schedule.name must be one of {', '.join(sorted(SCHEDULES))} (got {s.name!r})"
@@ -305,6 +310,7 @@ def validate(cfg: DictConfig) -> None:
         0 <= s.start < 1 and 0 < s.end <= 1,
         f"schedule.start/end must be fractions of training (got {s.start}, {s.end})",
     )
+    check_schedule(s)
     try:
         schedule_from_cfg(s)
     except ValueError as err:

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from crs.errors import ConfigError
+from crs.ranges import check_range, parse_ranges
 
 # ---------------------------------------------------------------------------------------------------
 # the batch a credit step sees
@@ -101,13 +102,19 @@ class CreditStep:
     features: tuple[str, ...] = ()
     needs_entropies: bool = False
     doc: str = ""
+    ranges: Mapping[str, Any] = field(default_factory=dict)  # argument -> crs.ranges.Interval
 
 
 CREDIT: dict[str, CreditStep] = {}
 
 
 def register_credit(
-    name: str, *, phase: str = "advantage", features: tuple[str, ...] = (), needs_entropies: bool = False
+    name: str,
+    *,
+    phase: str = "advantage",
+    features: tuple[str, ...] = (),
+    needs_entropies: bool = False,
+    ranges: Mapping[str, str] | None = None,
 ):
     """Decorator: register a pure credit step ``fn(batch: CreditBatch, **args) -> CreditBatch``.
 
@@ -117,6 +124,9 @@ def register_credit(
             ``"advantage"`` (may change advantages / token weights; runs inside the loss).
         features: per-row rollout features the step reads from ``batch.features``.
         needs_entropies: the step reads ``batch.entropies``.
+        ranges: accepted interval of numeric arguments, e.g. ``{"keep_fraction": "[0, 1]"}``
+            (:mod:`crs.ranges`); checked up front for configured values and, for a driven knob, for
+            its ``neutral`` value too (the knob moves between the two as ρ goes from 0 to 1).
     """
     if phase not in ("mask", "advantage"):
         raise ValueError(f"phase must be 'mask' or 'advantage', got {phase!r}")
@@ -126,7 +136,16 @@ def register_credit(
     def deco(fn):
         if name in CREDIT and CREDIT[name].fn is not fn:
             raise ValueError(f"credit step {name!r} is already registered")
-        CREDIT[name] = CreditStep(name, fn, phase, tuple(features), needs_entropies, inspect.getdoc(fn) or "")
+        allowed = [p for p in inspect.signature(fn).parameters if p != "batch"]
+        CREDIT[name] = CreditStep(
+            name,
+            fn,
+            phase,
+            tuple(features),
+            needs_entropies,
+            inspect.getdoc(fn) or "",
+            parse_ranges(dict(ranges or {}), allowed, f"credit step {name!r}"),
+        )
         return fn
 
     return deco
@@ -314,7 +333,7 @@ def fold_token_weights(
 # registered steps (thin adapters from CreditBatch to the math above)
 
 
-@register_credit("tp_schedule", phase="mask")
+@register_credit("tp_schedule", phase="mask", ranges={"withhold": "[0, 1]"})
 def tp_schedule(batch: CreditBatch, withhold: float = 1.0, reward_on: str = "full") -> CreditBatch:
     """TP-Schedule (arXiv 2605.25381): train only the tail ``1 − withhold`` of each response.
 
@@ -328,7 +347,7 @@ def tp_schedule(batch: CreditBatch, withhold: float = 1.0, reward_on: str = "ful
     return batch.replace(mask=batch.mask * tp_suffix_mask(lengths, batch.mask.shape[1], withhold))
 
 
-@register_credit("forking_tokens", needs_entropies=True)
+@register_credit("forking_tokens", needs_entropies=True, ranges={"keep_fraction": "[0, 1]"})
 def forking_tokens(
     batch: CreditBatch,
     keep_fraction: float = 0.2,
@@ -348,7 +367,11 @@ def forking_tokens(
     return batch.replace(token_weights=w, renormalize=batch.renormalize or normalize == "selected")
 
 
-@register_credit("entropy_adv", needs_entropies=True)
+@register_credit(
+    "entropy_adv",
+    needs_entropies=True,
+    ranges={"alpha": "[0, inf)", "kappa": "(0, inf)", "strength": "[0, inf)"},
+)
 def entropy_adv(
     batch: CreditBatch, alpha: float = 0.4, kappa: float = 2.0, strength: float = 1.0
 ) -> CreditBatch:
@@ -363,7 +386,7 @@ def _scale_rows(adv: Tensor, scale: Tensor) -> Tensor:
     return adv * (scale if adv.dim() == 1 else scale.unsqueeze(1))
 
 
-@register_credit("focal_grpo", features=("group_success",))
+@register_credit("focal_grpo", features=("group_success",), ranges={"gamma": "[0, inf)"})
 def focal_grpo(batch: CreditBatch, gamma: float = 2.0) -> CreditBatch:
     """Focal F-GRPO (arXiv 2602.06717): scale a group's advantages by ``(1 − p̂)^γ``.
 
@@ -374,7 +397,7 @@ def focal_grpo(batch: CreditBatch, gamma: float = 2.0) -> CreditBatch:
     return batch.replace(advantages=_scale_rows(batch.advantages, (1.0 - p).clamp(min=0) ** gamma))
 
 
-@register_credit("adora", features=("adora_tas",))
+@register_credit("adora", features=("adora_tas",), ranges={"lam": "[0, 1]"})
 def adora(batch: CreditBatch, lam: float = 0.1) -> CreditBatch:
     """ADORA (arXiv 2602.10019, length criterion of the released code): ``A·λ`` for disadvantageous groups."""
     tas = batch.features["adora_tas"].bool()
@@ -384,7 +407,11 @@ def adora(batch: CreditBatch, lam: float = 0.1) -> CreditBatch:
     return batch.replace(advantages=_scale_rows(batch.advantages, scale))
 
 
-@register_credit("r3l_amplify", features=("reward", "group_mean"))
+@register_credit(
+    "r3l_amplify",
+    features=("reward", "group_mean"),
+    ranges={"alpha": "[0, inf)", "full_reward": "(-inf, inf)"},
+)
 def r3l_amplify(batch: CreditBatch, alpha: float = 3.0, full_reward: float = 1.0) -> CreditBatch:
     """R³L positive amplification (arXiv 2601.03715, ``opmd_reweight_adv``).
 
@@ -496,6 +523,15 @@ class CreditChain:
                     args.get(drive["knob"]), bool
                 ):
                     raise ConfigError(f"method.credit.{name}.drive.knob {drive['knob']!r} must be numeric")
+                if drive["knob"] in step.ranges:
+                    check_range(
+                        f"method.credit.{name}.drive.neutral",
+                        drive.get("neutral", 0.0),
+                        step.ranges[drive["knob"]],
+                    )
+            for key, interval in step.ranges.items():
+                if key in args:
+                    check_range(f"method.credit.{name}.{key}", args[key], interval)
             self.steps.append(_Planned(step, args, drive))
         self._dry_run()
 

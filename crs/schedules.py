@@ -32,18 +32,40 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 SCHEDULES: dict[str, Callable[..., float]] = {}
+# accepted ranges, declared with each shape (crs/ranges.py); the common ones hold for every shape:
+# ρ stays in [0, 1], so a driven knob stays between its neutral and its configured value
+COMMON_RANGES = {"m": "[0, 1]", "start": "[0, 1)", "end": "(0, 1]"}
+SCHEDULE_RANGES: dict[str, dict[str, str]] = {}
 
 
-def register_schedule(name: str):
-    """Decorator: register ``shape(p, m, **params) -> float`` under ``name`` (duplicates raise)."""
+def register_schedule(name: str, ranges: Mapping[str, str] | None = None):
+    """Decorator: register ``shape(p, m, **params) -> float`` under ``name`` (duplicates raise).
+
+    ``ranges`` declares the accepted interval of shape parameters, e.g. ``{"k": "(0, inf)"}``.
+    """
 
     def deco(fn):
         if name in SCHEDULES and SCHEDULES[name] is not fn:
             raise ValueError(f"schedule {name!r} is already registered")
         SCHEDULES[name] = fn
+        SCHEDULE_RANGES[name] = dict(ranges or {})
         return fn
 
     return deco
+
+
+def check_schedule(cfg: Mapping[str, Any]) -> None:
+    """Raise :class:`~crs.errors.ConfigError` naming ``schedule.<key>`` for a value outside its range."""
+    from crs.ranges import check_range
+
+    name = cfg["name"]
+    for key, spec in {**COMMON_RANGES, **SCHEDULE_RANGES.get(name, {})}.items():
+        if key in cfg and cfg[key] is not None:
+            check_range(f"schedule.{key}", cfg[key], spec)
+    if name == "step":
+        for key in ("milestones", "values"):
+            for i, v in enumerate(cfg.get(key) or []):
+                check_range(f"schedule.{key}[{i}]", v, "[0, 1]")
 
 
 @register_schedule("constant")
@@ -64,7 +86,7 @@ def cosine(p: float, m: float, **_: Any) -> float:
     return m * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-@register_schedule("sigmoid")
+@register_schedule("sigmoid", ranges={"k": "(0, inf)"})
 def sigmoid(p: float, m: float, k: float = 8.0, **_: Any) -> float:
     """Logistic decay centred at p = ½, normalised to exactly m at p = 0 and 0 at p = 1."""
 
@@ -74,7 +96,7 @@ def sigmoid(p: float, m: float, k: float = 8.0, **_: Any) -> float:
     return m * (s(p) - s(1.0)) / (s(0.0) - s(1.0))
 
 
-@register_schedule("gamma")
+@register_schedule("gamma", ranges={"gamma": "(0, inf)"})
 def gamma(p: float, m: float, gamma: float = 2.0, **_: Any) -> float:
     """ρ = (m·(1 − p))^γ; γ > 1 drops fast early, γ < 1 holds the criterion longer."""
     return (m * (1.0 - p)) ** gamma

@@ -35,7 +35,10 @@ def test_invalid_value_is_one_line_before_any_model_loads(tmp_path):
         (["trainer.lr=-1"], "trainer.lr must be > 0"),
         (["trainer.lrr=1"], "lrr"),
         (["trainer.max_steps=abc"], "max_steps"),
-        (["schedule=nope"], "schedule/nope"),
+        (
+            ["schedule=nope"],
+            "schedule=nope is not an option; choose one of: constant, cosine, gamma, linear, sigmoid, step",
+        ),
         (["method=tp_schedule", "method.credit.tp_schedule.reward_on=middle"], "reward_on"),
     ]:
         r = subprocess.run(
