@@ -619,3 +619,7 @@ class CreditChain:
                     raise RuntimeError(f"credit step {p.step.name} needs entropies")
                 batch = p.step.fn(batch, **args)
         return batch
+
+
+# turn-level methods for multi-turn environments register their steps from their own package
+from crs.envs import methods as _turn_methods  # noqa: E402, F401

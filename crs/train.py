@@ -161,6 +161,15 @@ def resolve_model_path(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
     """``model.name_or_path`` as given, or the embedded model (built and cached on first use)."""
     if cfg.model.name_or_path:
         return str(cfg.model.name_or_path), None
+    from crs.envs import is_env_benchmark
+
+    if is_env_benchmark(cfg.benchmark.name):  # multi-turn environments build their own warm-started policy
+        from crs.envs.policy import ensure_env_policy
+
+        bench_cfg = OmegaConf.to_container(cfg.benchmark, resolve=True)
+        path = ensure_env_policy(bench_cfg.get("policy"), bench_cfg, Path(cfg.paths.cache_dir))
+        report = path / "crs_pretrain.json"
+        return str(path), (json.loads(report.read_text()) if report.exists() else None)
     from crs.embedded import EmbeddedModelConfig, cache_key, ensure_embedded_model
     from crs.progress import console
 
@@ -187,6 +196,9 @@ def load_model(cfg: DictConfig, path: str):
         dtype = torch.float32
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     tok.padding_side = "left"
+    from crs.envs.chat import ensure_response_template
+
+    ensure_response_template(tok)  # crs's tool-calling chat format (environment policies)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(
@@ -317,6 +329,9 @@ def _heatmap_histories(log_history: list[dict[str, Any]], bins: int) -> dict[str
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by a composed config; returns the summary dict."""
     validate(cfg)  # one clear error before anything heavy happens
+    from crs.envs.turns import check_benchmark
+
+    check_benchmark(cfg.method.credit, cfg.benchmark.name)
     quiet()
     ctx = _hydra_context()
     output_dir = Path(ctx.get("output_dir") or cfg.paths.output_dir)
@@ -424,6 +439,7 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         diagnostics_kl=cfg.diagnostics.kl,
         sample_steps=_sample_steps(cfg.trainer.max_steps, cfg.tracking.sample_steps),
         sample_size=cfg.tracking.sample_size,
+        environment_factory=bench.info.get("environment_factory"),  # multi-turn benchmarks (crs/envs)
     )
     trainer.remove_callback(PrinterCallback)
     cb = tracker.callback()

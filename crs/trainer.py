@@ -153,6 +153,10 @@ class CreditGRPOTrainer(GRPOTrainer):
             sl = slice(rank * local_b, (rank + 1) * local_b)
             for name, value in feats.items():
                 out[f"crs_{name}"] = value[sl].to(device)
+        if self.environments is not None:  # multi-turn environment rollout: turn structure + turn credit
+            from crs.envs.turns import turn_hook
+
+            out.update(turn_hook(self, inputs, out))
         due = {s for s in self.sample_steps if s <= self.state.global_step}
         if mode == "train" and due and self.accelerator.is_main_process:
             # the first rollout at or after each sample step (rollouts are rarer than steps when
@@ -216,10 +220,15 @@ class CreditGRPOTrainer(GRPOTrainer):
                 )
             batch = batch.replace(mask=new_mask)
         self._crs_pending = _Pending(inputs, batch, rho, mode)
+        clip = inputs.get("crs_turn_clip")  # A²TGPO: per-token clip ranges [1 − c·ε_low, 1 + c·ε_high]
+        eps = (self.epsilon_low, self.epsilon_high)
+        if clip is not None:
+            self.epsilon_low, self.epsilon_high = eps[0] * clip, eps[1] * clip  # TRL's torch.clamp takes tensors
         try:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
             self._crs_pending = None
+            self.epsilon_low, self.epsilon_high = eps
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)

@@ -79,6 +79,7 @@ def build_benchmark(cfg: Mapping[str, Any], seed: int) -> Benchmark:
 def _import_builtin() -> None:
     # importing registers; kept lazy so `crs --help` stays fast
     from crs.benchmarks import arithmetic  # noqa: F401
+    from crs.envs import benchmarks as _envs  # noqa: F401  (multi-turn environments: maze, calc_tool)
 
     try:
         from crs.benchmarks import hf  # noqa: F401

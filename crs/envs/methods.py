@@ -1,0 +1,4 @@
+"""Imports the turn-level methods so their credit steps register (``crs.credit`` imports this)."""
+
+from crs.envs import gigpo  # noqa: F401
+from crs.envs import matchtir  # noqa: F401
