@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train pretrain test test-all test-slurm lint format sweep-local sweep-slurm table1 compare ui bench slurm-up slurm-down clean clean-runs
+.PHONY: help install demo train pretrain test test-all test-gpu test-slurm lint format sweep-local sweep-slurm table1 compare ui bench slurm-up slurm-down clean clean-runs
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test: install ## hermetic CPU tests (no hub); the SLURM test runs when a cluster
 test-all: install ## every test, including slow end-to-end sweeps (a SLURM cluster must be up for slurm tests)
 	$(BIN)/python -m pytest -q
 
+test-gpu: install ## the CUDA tests (skipped without a GPU); scripts/gpu_check.sh adds the GPU benchmark
+	$(BIN)/python -m pytest -m gpu -q
+
 test-slurm: install ## the real-SLURM tests (run make slurm-up first)
 	$(BIN)/python -m pytest -m slurm -q
 
@@ -65,8 +68,8 @@ compare: install ## table of the last sweep (mean ± std over seeds) + plots in 
 ui: install ## MLflow UI on ./mlflow.db (http://127.0.0.1:5000)
 	$(BIN)/crs ui
 
-bench: install ## speed/memory benchmark of the credit hook (prints ratios)
-	$(BIN)/python -m crs.bench
+bench: install ## trainer/rollout cost as ratios vs plain TRL (ARGS="--device cuda --model 180m --batch 128 --tokens 256 --json b.json")
+	$(BIN)/python -m crs.bench $(ARGS)
 
 slurm-up: ## start a single-node SLURM cluster on this machine (Debian; root)
 	bash .ci/slurm-up.sh

@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from crs.embedded import EmbeddedModelConfig
 from crs.errors import ConfigError
+from crs.rollout import GENERATIONS
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -126,7 +127,25 @@ class TrainerConfig:
     num_generations_eval: int = _f(4, "Samples per eval prompt; eval_accuracy is pass@1 averaged over them.")
     eval_prompts: int = _f(64, "Held-out prompts used per evaluation (≤ benchmark eval split).")
     device: str = _f("auto", "auto (cuda if available), cpu or cuda.")
-    precision: str = _f("auto", "auto (bf16 on a bf16 GPU, fp32 on CPU), fp32, bf16, fp16.")
+    precision: str = _f(
+        "auto",
+        "auto, fp32, bf16, fp16 (mixed precision: fp32 weights, autocast compute). auto = fp32 on CPU and for "
+        "models under 100M parameters on GPU (launch-bound: bf16 buys no speed, and its 8-bit mantissa blurs "
+        "log-prob ratios and sampling of tiny models), bf16 on a bf16-capable GPU above that (crs/precision.py).",
+    )
+    generation: str = _f(
+        "hf",
+        "Rollout engine (crs/rollout): hf = TRL's model.generate (dynamic KV cache); hf_static = the same with "
+        "transformers' static cache; static = crs's static-cache decoder, the decode step replayed as a CUDA "
+        "graph on GPUs (same sampling semantics, several times faster steps there; eager on CPU); vllm = TRL's "
+        "vLLM integration (needs vllm installed; see trainer.vllm_mode).",
+    )
+    vllm_mode: str = _f(
+        "colocate",
+        "generation=vllm only: colocate (vLLM inside each training process, shares the GPU; TRL "
+        "vllm_gpu_memory_utilization via trainer.extra) or server (a separate `trl vllm-serve` process; "
+        "trainer.extra.vllm_server_base_url).",
+    )
     num_threads: int | None = _f(
         None,
         "torch CPU threads; null = cores / concurrent jobs (SLURM_CPUS_PER_TASK or local launcher n_jobs).",
@@ -242,6 +261,8 @@ _CHOICES = {
     "trainer.importance_sampling_level": ("token", "sequence"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "trainer.generation": GENERATIONS,
+    "trainer.vllm_mode": ("colocate", "server"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "tracking.name": ("mlflow", "none"),
 }
@@ -294,6 +315,14 @@ def validate(cfg: DictConfig) -> None:
         t.soft_overlong_cache is None or 0 < t.soft_overlong_cache < t.max_completion_length,
         "trainer.soft_overlong_cache must be null or in (0, max_completion_length)",
     )
+    if t.generation == "vllm":
+        from crs.rollout import vllm_available
+
+        _check(
+            vllm_available(),
+            "trainer.generation=vllm needs the vllm package (pip install vllm, on a CUDA machine); "
+            "use trainer.generation=static otherwise",
+        )
     if t.extra:
         from trl import GRPOConfig
 

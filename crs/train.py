@@ -207,18 +207,19 @@ def load_model(cfg: DictConfig, path: str):
     return model, tok
 
 
-def grpo_args(cfg: DictConfig, output_dir: Path):
-    """The GRPOConfig for this job (every knob comes from cfg.trainer)."""
+def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
+    """The GRPOConfig for this job (every knob comes from cfg.trainer; ``n_params`` sizes ``precision: auto``)."""
     import torch
     from trl import GRPOConfig
+
+    from crs.precision import resolve_precision
+    from crs.rollout import grpo_generation_kwargs
 
     t = cfg.trainer
     cuda = torch.cuda.is_available() and t.device != "cpu"
     if t.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is visible")
-    precision = t.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    precision = resolve_precision(t.precision, cuda, n_params, cuda and torch.cuda.is_bf16_supported())
     n_eval = t.num_generations_eval
     eval_prompts_per_batch = max(1, min(16, t.eval_prompts))
     kwargs = dict(
@@ -264,6 +265,7 @@ def grpo_args(cfg: DictConfig, output_dir: Path):
         eval_steps=t.eval_steps if t.eval_steps > 0 else None,
         dataloader_num_workers=0,
     )
+    kwargs.update(grpo_generation_kwargs(t.generation, t.vllm_mode))
     kwargs.update(OmegaConf.to_container(t.extra, resolve=True))
     return GRPOConfig(**kwargs)
 
@@ -401,7 +403,7 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         tracker.log_dict(pretrain_report, "model/pretrain_report.json")
     set_seed(cfg.seed)
     model, tokenizer = load_model(cfg, model_path)
-    args = grpo_args(cfg, output_dir)
+    args = grpo_args(cfg, output_dir, n_params=sum(p.numel() for p in model.parameters()))
     tracker.log_dict(json.loads(args.to_json_string()), "config/grpo_config.json")
     reward_funcs = list(bench.reward_funcs)
     if cfg.trainer.soft_overlong_cache:
@@ -440,6 +442,7 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         sample_steps=_sample_steps(cfg.trainer.max_steps, cfg.tracking.sample_steps),
         sample_size=cfg.tracking.sample_size,
         environment_factory=bench.info.get("environment_factory"),  # multi-turn benchmarks (crs/envs)
+        generation=cfg.trainer.generation,
     )
     trainer.remove_callback(PrinterCallback)
     cb = tracker.callback()
@@ -452,7 +455,8 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
     console.print(
         f"[bold]crs[/bold] {title}: model {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), "
         f"benchmark {cfg.benchmark.name} ({len(bench.train)} train / {len(eval_ds)} eval prompts), "
-        f"{cfg.trainer.max_steps} steps, device {'cuda' if not args.use_cpu else 'cpu'} × {threads} threads"
+        f"{cfg.trainer.max_steps} steps, device {'cuda' if not args.use_cpu else 'cpu'} × {threads} threads, "
+        f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}, generation {cfg.trainer.generation}"
     )
     t_train = time.time()
     start_eval = None

@@ -15,6 +15,9 @@ changes them:
     Copies the batch dict (TRL reuses the buffered rollout across iterations), evaluates the schedule
     *now* (``ρ = schedule(global_step / max_steps)``), runs the chain's mask phase into TRL's loss-only
     ``tool_mask`` and rescales ``num_items_in_batch`` for ``dapo``; then calls TRL's loss unchanged.
+``_generate_single_turn``
+    Only with ``generation="static"``: completions come from crs's static-cache / CUDA-graph decoder
+    (:mod:`crs.rollout`) instead of ``model.generate``; every other option is TRL's own path.
 ``_get_per_token_logps_and_entropies``
     Inside TRL's loss, right after the policy forward and before TRL reads the advantages: runs the
     chain's advantage phase with the (detached) entropies and writes ``[B]``/``[B,T]`` advantages.
@@ -35,6 +38,7 @@ from trl import GRPOTrainer
 
 from crs.credit import CreditBatch, CreditChain, fold_token_weights, rollout_features, tp_prefix_cut
 from crs.diagnostics import binned_sums, k3_kl
+from crs.rollout import build_decoder
 
 
 @dataclass
@@ -57,6 +61,7 @@ class CreditGRPOTrainer(GRPOTrainer):
         diagnostics_kl: measure post-update KL per bin (one extra no-grad forward per diagnostic step).
         sample_steps: optimizer steps whose rollouts are kept in :attr:`samples`.
         sample_size: completions kept per sampled step.
+        generation: rollout engine (crs/rollout): ``static`` = crs's decoder; anything else = TRL's path.
         *args, **kwargs: passed to ``GRPOTrainer``.
     """
 
@@ -71,6 +76,7 @@ class CreditGRPOTrainer(GRPOTrainer):
         diagnostics_kl: bool = True,
         sample_steps: Iterable[int] = (),
         sample_size: int = 8,
+        generation: str = "hf",
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -87,6 +93,7 @@ class CreditGRPOTrainer(GRPOTrainer):
         self._crs_pending: _Pending | None = None
         self._crs_kl_batch: dict[str, torch.Tensor] | None = None
         self.add_callback(_PostStepDiagnostics(self))
+        self.decoder = build_decoder(generation)
 
     # ------------------------------------------------------------------------------------------ clock
     def progress(self) -> float:
@@ -107,6 +114,21 @@ class CreditGRPOTrainer(GRPOTrainer):
         )
 
     # ---------------------------------------------------------------------------------------- rollout
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
+        if (
+            self.decoder is None
+            or self.use_vllm
+            or self.use_transformers_continuous_batching
+            or images is not None
+            or multimodal_fields
+        ):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        return self.decoder.generate_for(self, prompt_ids), None
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         lengths = torch.tensor([len(ids) for ids in completion_ids_list], dtype=torch.long)
         eos = set(self.eos_token_ids) if self.eos_token_ids is not None else set()

@@ -1,7 +1,7 @@
 """Fails loudly when a TRL upgrade changes the private methods crs's one subclass relies on.
 
-crs overrides ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss`` and
-``_get_per_token_logps_and_entropies`` and depends on the order of operations inside ``_compute_loss``.
+crs overrides ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss``,
+``_get_per_token_logps_and_entropies`` and (``trainer.generation=static``) ``_generate_single_turn`` and depends on the order of operations inside ``_compute_loss``.
 If this file fails after upgrading trl, re-read crs/trainer.py against the new grpo_trainer.py
 before relaxing anything here.
 
@@ -89,3 +89,26 @@ def test_exactly_one_grpo_subclass_in_crs():
             if issubclass(obj, GRPOTrainer) and obj is not GRPOTrainer and obj.__module__ == mod.name:
                 subclasses.append(f"{mod.name}.{obj.__name__}")
     assert subclasses == ["crs.trainer.CreditGRPOTrainer"]
+
+
+def test_single_turn_generation_contract():
+    """crs.rollout.static replaces the regular ``generate`` branch of ``_generate_single_turn``: same
+    signature, same unwrap context, and the same cut after the first EOS (copied there)."""
+    assert _params(GRPOTrainer._generate_single_turn) == [
+        "self",
+        "prompt_ids",
+        "images",
+        "multimodal_fields",
+        "num_generations",
+        "has_tool_images",
+    ]
+    src = inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "return completion_ids, logprobs" in src
+    assert "generation_kwargs=self.generation_kwargs" in src
+    assert "generation_config=self.generation_config" in src
+    assert "completion_mask = (sequence_indices <= eos_idx.unsqueeze(1)).int()" in src
+    assert 'padding_side="left"' in src
+    # crs's decoder rebuilds the processors the way generate does
+    from transformers import GenerationMixin
+
+    assert "input_ids_seq_length" in _params(GenerationMixin._get_logits_processor)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU pass of issue 12, as one prepared script: gpu tests, the GPU benchmark (plain TRL vs crs
+# default vs crs static rollout, 180M Qwen2, 128 x 256 tokens, interleaved rounds), and two 300-step
+# default runs under a finiteness watch (the old auto = bf16, and today's auto).
+#
+#   bash scripts/gpu_check.sh OUT_DIR [quick]
+#
+# From a source checkout on a GPU machine. If .whl/ holds wheels (a machine without a package index),
+# they are installed into /tmp/site first. Everything it prints is also written to OUT_DIR.
+set -u
+OUT=${1:-gpu-check}
+QUICK=${2:-}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export CRS_CACHE_DIR=${CRS_CACHE_DIR:-$PWD/.cache/gpu-models}
+PY=${PY:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  rm -rf /tmp/site
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  if ls .whl/antlr4*.tar.gz >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site .whl/antlr4*.tar.gz || exit 1
+  fi
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c "import torch, transformers, trl, accelerate, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__, 'bf16', torch.cuda.is_bf16_supported())"
+} 2>&1 | tee "$OUT/env.txt"
+
+STEPS=300; [ -n "$QUICK" ] && STEPS=30
+# 1. the long default runs, in the background (launch-bound tiny model: they barely load the GPU)
+$PY scripts/gpu_long_run.py trainer.precision=bf16 trainer.max_steps=$STEPS >"$OUT/long_bf16.log" 2>&1 &
+P1=$!
+$PY scripts/gpu_long_run.py trainer.max_steps=$STEPS >"$OUT/long_auto.log" 2>&1 &
+P2=$!
+# 2. the gpu tests
+timeout 420 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -W ignore 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+wait $P1 $P2
+grep -h "^RESULT\|^FIRST_NONFINITE\|^NONFINITE\|^WATCH" "$OUT/long_bf16.log" | sed 's/^/[long bf16] /'
+grep -h "^RESULT\|^FIRST_NONFINITE\|^NONFINITE\|^WATCH" "$OUT/long_auto.log" | sed 's/^/[long auto] /'
+# 3. the benchmark, alone on the GPU
+ROUNDS=3; [ -n "$QUICK" ] && ROUNDS=1
+$PY -m crs.bench --device cuda --model 180m --batch 128 --tokens 256 --precision bf16 \
+  --variants trl,grpo,grpo+static --rounds $ROUNDS --steps 4 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
