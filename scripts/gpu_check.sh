@@ -3,13 +3,14 @@
 # default vs crs static rollout, 180M Qwen2, 128 x 256 tokens, interleaved rounds), and two 300-step
 # default runs under a finiteness watch (the old auto = bf16, and today's auto).
 #
-#   bash scripts/gpu_check.sh OUT_DIR [quick]
+#   bash scripts/gpu_check.sh OUT_DIR [all|tests|bench] [quick]
 #
 # From a source checkout on a GPU machine. If .whl/ holds wheels (a machine without a package index),
 # they are installed into /tmp/site first. Everything it prints is also written to OUT_DIR.
 set -u
 OUT=${1:-gpu-check}
-QUICK=${2:-}
+PART=${2:-all}
+QUICK=${3:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export CRS_CACHE_DIR=${CRS_CACHE_DIR:-$PWD/.cache/gpu-models}
@@ -30,16 +31,21 @@ fi
 } 2>&1 | tee "$OUT/env.txt"
 
 STEPS=300; [ -n "$QUICK" ] && STEPS=30
+if [ "$PART" = all ] || [ "$PART" = tests ]; then
+# 0. the embedded default model (cached by content hash; built once on this machine's CPU otherwise)
+$PY -m crs.cli pretrain 2>&1 | tail -2
 # 1. the long default runs, in the background (launch-bound tiny model: they barely load the GPU)
-$PY scripts/gpu_long_run.py trainer.precision=bf16 trainer.max_steps=$STEPS >"$OUT/long_bf16.log" 2>&1 &
+timeout 400 $PY scripts/gpu_long_run.py trainer.precision=bf16 trainer.max_steps=$STEPS >"$OUT/long_bf16.log" 2>&1 &
 P1=$!
-$PY scripts/gpu_long_run.py trainer.max_steps=$STEPS >"$OUT/long_auto.log" 2>&1 &
+timeout 400 $PY scripts/gpu_long_run.py trainer.max_steps=$STEPS >"$OUT/long_auto.log" 2>&1 &
 P2=$!
 # 2. the gpu tests
 timeout 420 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -W ignore 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 wait $P1 $P2
 grep -h "^RESULT\|^FIRST_NONFINITE\|^NONFINITE\|^WATCH" "$OUT/long_bf16.log" | sed 's/^/[long bf16] /'
 grep -h "^RESULT\|^FIRST_NONFINITE\|^NONFINITE\|^WATCH" "$OUT/long_auto.log" | sed 's/^/[long auto] /'
+fi
+[ "$PART" = tests ] && exit 0
 # 3. the benchmark, alone on the GPU
 ROUNDS=3; [ -n "$QUICK" ] && ROUNDS=1
 $PY -m crs.bench --device cuda --model 180m --batch 128 --tokens 256 --precision bf16 \
