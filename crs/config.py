@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from crs.embedded import EmbeddedModelConfig
 from crs.errors import ConfigError
 from crs.rollout import GENERATIONS
+from crs.steps.config import StepsConfig
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -42,6 +43,10 @@ class MethodConfig:
         "(crs/credit.py). Empty = plain GRPO. The schedule drives `knob` as neutral + (value − neutral)·ρ.",
     )
     description: str = _f("", "One line: the paper and the idea.")
+    steps: StepsConfig = field(
+        default_factory=StepsConfig,
+        metadata={"help": "Step segmentation and step scorer for step-level methods (pure, capo, oprl; crs/steps)."},
+    )
 
 
 @dataclass
@@ -347,6 +352,9 @@ def validate(cfg: DictConfig) -> None:
     from crs.credit import CreditChain
 
     CreditChain(cfg.method.credit)  # raises ConfigError on unknown steps/arguments
+    from crs.steps.hook import validate_steps
+
+    validate_steps(cfg)  # method.steps: scorer, vote, a process verifier where one is needed
     d = cfg.diagnostics
     _check(d.every >= 0 and d.bins >= 1, "diagnostics.every must be >= 0 and diagnostics.bins >= 1")
     if cfg.get("inject_failure_at_step") is not None:

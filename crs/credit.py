@@ -67,7 +67,8 @@ class CreditBatch:
         renormalize: when True the loss is a mean over ``Σ token_weights`` instead of ``Σ mask``.
         features: per-row tensors ``[B]`` computed on the whole rollout group at generation time
             (``reward``, ``group_mean``, ``group_std``, ``group_success``, ``length``, ``truncated``,
-            plus method features such as ``adora_tas``).
+            plus method features such as ``adora_tas``), and per-token tensors ``[B,T]`` produced at
+            rollout time by the step substrate (``crs.steps``: ``pure_adv``, ``decisive``, ...).
         entropies: ``[B,T]`` detached token entropies of the policy (advantage phase only).
         logps: ``[B,T]`` detached token log-probs of the policy (advantage phase only).
     """
@@ -103,6 +104,7 @@ class CreditStep:
     needs_entropies: bool = False
     doc: str = ""
     ranges: Mapping[str, Any] = field(default_factory=dict)  # argument -> crs.ranges.Interval
+    token_features: tuple[str, ...] = ()
 
 
 CREDIT: dict[str, CreditStep] = {}
@@ -115,6 +117,7 @@ def register_credit(
     features: tuple[str, ...] = (),
     needs_entropies: bool = False,
     ranges: Mapping[str, str] | None = None,
+    token_features: tuple[str, ...] = (),
 ):
     """Decorator: register a pure credit step ``fn(batch: CreditBatch, **args) -> CreditBatch``.
 
@@ -127,6 +130,9 @@ def register_credit(
         ranges: accepted interval of numeric arguments, e.g. ``{"keep_fraction": "[0, 1]"}``
             (:mod:`crs.ranges`); checked up front for configured values and, for a driven knob, for
             its ``neutral`` value too (the knob moves between the two as ρ goes from 0 to 1).
+        token_features: per-token ``[B,T]`` tensors the step reads from ``batch.features``, produced once
+            per rollout by :class:`crs.steps.hook.StepHook` (absent outside training: the step must then
+            leave the batch unchanged).
     """
     if phase not in ("mask", "advantage"):
         raise ValueError(f"phase must be 'mask' or 'advantage', got {phase!r}")
@@ -145,6 +151,7 @@ def register_credit(
             needs_entropies,
             inspect.getdoc(fn) or "",
             parse_ranges(dict(ranges or {}), allowed, f"credit step {name!r}"),
+            tuple(token_features),
         )
         return fn
 
@@ -547,6 +554,7 @@ class CreditChain:
             2,
             self.features,
         )
+        feats.update({name: torch.zeros(2, 3) for name in self.token_features})
         batch = CreditBatch(
             advantages=torch.tensor([0.5, -0.5]),
             mask=torch.tensor([[1.0, 1, 1], [1, 1, 0]]),
@@ -570,6 +578,10 @@ class CreditChain:
     @property
     def features(self) -> set[str]:
         return {f for p in self.steps for f in p.step.features}
+
+    @property
+    def token_features(self) -> set[str]:
+        return {f for p in self.steps for f in p.step.token_features}
 
     @property
     def has_mask_phase(self) -> bool:
@@ -623,3 +635,6 @@ class CreditChain:
 
 # turn-level methods for multi-turn environments register their steps from their own package
 from crs.envs import methods as _turn_methods  # noqa: E402, F401
+# step-level methods (PURE, CAPO, OPRL) live in their own package and register themselves on import
+import crs.steps.intervention  # noqa: E402,F401  (InT)
+import crs.steps.methods  # noqa: E402,F401  (PURE, CAPO, OPRL)

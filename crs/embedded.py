@@ -159,7 +159,8 @@ def as_model_config(cfg: EmbeddedModelConfig | Mapping[str, Any] | None) -> Embe
 def _bench_config(bench_cfg: Mapping[str, Any] | None):
     from crs.benchmarks.arithmetic import ArithmeticConfig
 
-    if bench_cfg is not None and bench_cfg.get("name", "arithmetic") != "arithmetic":
+    # bifurcation (crs/benchmarks/bifurcation.py) uses the arithmetic task's prompts and policy
+    if bench_cfg is not None and bench_cfg.get("name", "arithmetic") not in ("arithmetic", "bifurcation"):
         raise ValueError(
             f"the embedded model is built for the arithmetic benchmark, not {bench_cfg.get('name')!r}"
         )

@@ -425,6 +425,10 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
             task_type="CAUSAL_LM",
         )
     eval_ds = bench.eval.select(range(min(cfg.trainer.eval_prompts, len(bench.eval))))
+    from crs.steps.hook import StepHook
+
+    credit = CreditChain(cfg.method.credit)
+    step_hook = StepHook(credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir)
     trainer = CreditGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -433,7 +437,8 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
-        credit=CreditChain(cfg.method.credit),
+        credit=credit,
+        step_hook=step_hook,
         schedule=schedule_from_cfg(cfg.schedule),
         filter_zero_std_groups=cfg.trainer.filter_zero_std_groups,
         diagnostics_every=cfg.diagnostics.every,

@@ -62,6 +62,8 @@ class CreditGRPOTrainer(GRPOTrainer):
         sample_steps: optimizer steps whose rollouts are kept in :attr:`samples`.
         sample_size: completions kept per sampled step.
         generation: rollout engine (crs/rollout): ``static`` = crs's decoder; anything else = TRL's path.
+        step_hook: :class:`crs.steps.hook.StepHook` run once per rollout (step scorers, per-token tensors,
+            decisive-token masks), or ``None``.
         *args, **kwargs: passed to ``GRPOTrainer``.
     """
 
@@ -77,6 +79,7 @@ class CreditGRPOTrainer(GRPOTrainer):
         sample_steps: Iterable[int] = (),
         sample_size: int = 8,
         generation: str = "hf",
+        step_hook: Any = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -89,6 +92,7 @@ class CreditGRPOTrainer(GRPOTrainer):
         self.sample_steps = set(sample_steps)
         self.sample_size = sample_size
         self.samples: list[dict[str, Any]] = []
+        self.step_hook = step_hook if step_hook is not None and step_hook.active else None
         self._crs_rollout: dict[str, Any] = {}
         self._crs_pending: _Pending | None = None
         self._crs_kl_batch: dict[str, torch.Tensor] | None = None
@@ -155,7 +159,7 @@ class CreditGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _needs_features(self) -> bool:
-        return not self.credit.is_identity or self.filter_zero_std_groups
+        return not self.credit.is_identity or self.filter_zero_std_groups or self.step_hook is not None
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -175,6 +179,9 @@ class CreditGRPOTrainer(GRPOTrainer):
             sl = slice(rank * local_b, (rank + 1) * local_b)
             for name, value in feats.items():
                 out[f"crs_{name}"] = value[sl].to(device)
+            if self.step_hook is not None:  # step scorers + per-token tensors (crs/steps/hook.py)
+                step_feats = self.step_hook(self, inputs, out, success[sl], group, self.rho(), mode)
+                out.update({f"crs_{k}": v.to(device) for k, v in step_feats.items()})
         if self.environments is not None:  # multi-turn environment rollout: turn structure + turn credit
             from crs.envs.turns import turn_hook
 
@@ -287,6 +294,7 @@ class CreditGRPOTrainer(GRPOTrainer):
                     "logits_to_keep": fwd_args[3] if len(fwd_args) > 3 else fwd_kwargs["logits_to_keep"],
                     "old_logps": (old if old is not None else logps).detach(),
                     "completion_mask": inputs["completion_mask"].float(),
+                    "decisive": batch.features.get("decisive"),
                 }
 
     # ------------------------------------------------------------------------------------------- logs
@@ -315,6 +323,20 @@ class CreditGRPOTrainer(GRPOTrainer):
         unsel = completion_mask * (1.0 - sel)
         if float(self.accelerator.reduce(unsel.sum(), reduction="sum")) > 0:
             metrics["entropy/unselected"].append(self._global_mean(entropies, unsel))
+        decisive = batch.features.get("decisive")
+        if decisive is not None:  # credit localization (crs/steps/localization.py)
+            from crs.steps.localization import loss_weights
+
+            w = loss_weights(batch.mask, None, self.loss_type)  # credit_tokens already carry method weights
+            self._log_share("loc/adv_share", credit_tokens * w, decisive, completion_mask, mode)
+            self._log_share("loc/decisive_frac", completion_mask, decisive, completion_mask, mode)
+
+    def _log_share(self, name, values, decisive, mask, mode: str = "train") -> None:
+        from crs.steps.localization import share
+
+        totals = self.accelerator.reduce(torch.stack(share(values, decisive, mask)), reduction="sum")
+        if totals[1] > 0:
+            self._metrics[mode][name].append((totals[0] / totals[1]).item())
 
     def _log_binned(self, name: str, values: torch.Tensor, completion_mask: torch.Tensor) -> None:
         sums, counts = binned_sums(values, completion_mask, self.diagnostics_bins)
@@ -339,6 +361,8 @@ class CreditGRPOTrainer(GRPOTrainer):
         m = b["completion_mask"]
         self._metrics["train"]["diag/kl"].append(self._global_mean(kl, m))
         self._log_binned("kl", kl, m)
+        if b.get("decisive") is not None:  # credit localization: share of the policy change on decisive tokens
+            self._log_share("loc/kl_share", kl, b["decisive"], m)
 
 
 class _PostStepDiagnostics(TrainerCallback):

@@ -37,6 +37,9 @@ class Benchmark:
         sft: optional ``(n, seed) -> Dataset`` of prompt/completion pairs for warm-starting.
         step_scores: optional ``(completion_text, row) -> list[(char_start, char_end, score)]`` for
             process-level credit (PURE/CAPO-style) where the task can check intermediate steps.
+        decisive: optional ``(completion_text, row) -> list[(char_start, char_end)]``: the characters
+            that decide success (controlled bifurcation tasks, :mod:`crs.benchmarks.bifurcation`);
+            enables the credit-localization metrics (:mod:`crs.steps.localization`).
     """
 
     name: str
@@ -46,6 +49,7 @@ class Benchmark:
     verify: Callable[[str, str], bool]
     sft: Callable[[int, int], Dataset] | None = None
     step_scores: Callable[..., list[tuple[int, int, float]]] | None = None
+    decisive: Callable[..., list[tuple[int, int]]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,7 +82,7 @@ def build_benchmark(cfg: Mapping[str, Any], seed: int) -> Benchmark:
 
 def _import_builtin() -> None:
     # importing registers; kept lazy so `crs --help` stays fast
-    from crs.benchmarks import arithmetic  # noqa: F401
+    from crs.benchmarks import arithmetic, bifurcation  # noqa: F401
     from crs.envs import benchmarks as _envs  # noqa: F401  (multi-turn environments: maze, calc_tool)
 
     try:

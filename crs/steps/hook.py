@@ -1,0 +1,170 @@
+"""The one rollout-time hook the trainer calls: segment, score, produce per-token tensors, mark decisive tokens.
+
+``CreditGRPOTrainer`` calls :meth:`StepHook.__call__` once per rollout, right after TRL has generated
+and scored the completions (where the reward runs). It returns per-row ``[B]`` and per-token ``[B,T]``
+tensors that the trainer stores in the batch as ``crs_<name>``; TRL shuffles and splits them with the
+rest of the batch, and the credit steps read them in the loss as ``batch.features[<name>]``.
+
+Work done here, only when needed:
+
+- step methods in the chain (``pure``, ``capo``, ``oprl``): segment (:mod:`crs.steps.segment`), score with
+  the configured scorer (:mod:`crs.steps.scorers`), run each method's producer (:mod:`crs.steps.methods`);
+  logs ``steps/*`` (steps per completion, mean score; for learned scorers, online step precision/recall
+  against the rule verifier when the task has one) and the scorer's cost (``judge/*``, ``prm/*``, ``implicit/*``);
+- a task with known decisive tokens (:mod:`crs.benchmarks.bifurcation`): the ``decisive`` ``[B,T]`` mask
+  for the localization metrics (:mod:`crs.steps.localization`), for every method.
+
+Groups must be contiguous in the local batch (true on one process, TRL's layout); on several processes
+the step methods refuse to run rather than compute wrong group baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from crs.errors import ConfigError
+
+
+class StepHook:
+    """Built once per run from the method config, the benchmark and the policy's tokenizer.
+
+    Args:
+        chain: the run's :class:`~crs.credit.CreditChain`.
+        steps_cfg: ``method.steps`` (:class:`crs.steps.config.StepsConfig` fields).
+        benchmark: the built :class:`~crs.benchmarks.Benchmark`.
+        tokenizer: the policy's tokenizer.
+        policy_path: the policy checkpoint (PRM/judge builds start from it).
+        cache_dir: where built PRMs/judges are cached.
+    """
+
+    def __init__(self, chain, steps_cfg: Mapping[str, Any], benchmark, tokenizer, policy_path: str | None, cache_dir: str | None):
+        from crs.steps.methods import PRODUCERS
+
+        self.chain = chain
+        self.tokenizer = tokenizer
+        self.benchmark = benchmark
+        self.methods = [p.step.name for p in chain.steps if p.step.name in PRODUCERS]
+        self.decisive_fn = getattr(benchmark, "decisive", None)
+        self.scorer = None
+        self.sep_ids = frozenset()
+        self.rule = None
+        if self.methods:
+            from crs.steps.rule import PROCESS_VERIFIERS
+            from crs.steps.scorers import RuleScorer, build_scorer
+            from crs.steps.segment import separator_token_ids
+
+            seps = list(steps_cfg.get("separators") or [])
+            if not seps:
+                raise ConfigError("method.steps.separators must name at least one separator")
+            self.sep_ids = separator_token_ids(tokenizer, seps)
+            task = (getattr(benchmark, "info", None) or {}).get("config")
+            self.scorer = build_scorer(steps_cfg, benchmark.name, cache_dir, policy_path, task)
+            if self.scorer.name != "rule" and benchmark.name in PROCESS_VERIFIERS:
+                self.rule = RuleScorer(benchmark.name)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.methods) or self.decisive_fn is not None
+
+    def decisive_mask(self, completion_ids: Tensor, completion_mask: Tensor, rows) -> Tensor:
+        from crs.steps.segment import char_to_token_mask
+
+        B, T = completion_ids.shape
+        out = torch.zeros(B, T)
+        lengths = completion_mask.long().sum(-1).tolist()
+        for b in range(B):
+            ids = completion_ids[b, : lengths[b]].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            spans = self.decisive_fn(text, rows[b])
+            if spans:
+                out[b, : lengths[b]] = torch.tensor(char_to_token_mask(self.tokenizer, ids, spans))
+        return out
+
+    def __call__(self, trainer, inputs, out: dict[str, Any], success: Tensor, group_size: int, rho: float, mode: str) -> dict[str, Tensor]:
+        """Per-token/per-row tensors for this rollout (local rows, CPU)."""
+        feats: dict[str, Tensor] = {}
+        cid, cm = out["completion_ids"].cpu(), out["completion_mask"].cpu()
+        metrics = trainer._metrics[mode] if trainer is not None else None
+        if self.decisive_fn is not None:
+            feats["decisive"] = self.decisive_mask(cid, cm, inputs)
+        if not self.methods or mode != "train":
+            return feats
+        if trainer is not None and trainer.accelerator.num_processes > 1:
+            raise RuntimeError("step-level methods (pure/capo/oprl) run on one process only for now")
+        from crs.steps.methods import PRODUCERS
+        from crs.steps.scorers import RolloutView
+        from crs.steps.segment import segment_batch, step_texts
+
+        steps = segment_batch(cid, cm, self.sep_ids)
+        view = RolloutView(
+            prompt_ids=out["prompt_ids"].cpu(),
+            prompt_mask=out["prompt_mask"].cpu(),
+            completion_ids=cid,
+            completion_mask=cm,
+            rows=inputs,
+            step_texts=step_texts(self.tokenizer, cid, steps),
+            steps=steps,
+            success=success.bool().cpu(),
+            group_size=group_size,
+            benchmark=self.benchmark.name,
+            trainer=trainer,
+            extra={"old_logps": out.get("old_per_token_logps")},
+        )
+        scores = self.scorer.score(view).float().cpu()
+        outcome = out["advantages"].cpu()
+        for p, args in self.chain.args_at(rho):
+            if p.step.name in PRODUCERS:
+                feats.update(PRODUCERS[p.step.name](view, scores, self.scorer.kind, args, outcome))
+        valid = steps.valid
+        if metrics is not None:
+            metrics["steps/per_completion"].append(float(valid.sum(-1).float().mean()))
+            if valid.any():
+                metrics["steps/score_mean"].append(float(scores[valid].mean()))
+            for k, v in self.scorer.metrics.items():
+                metrics[k].append(float(v))
+            if self.rule is not None and self.scorer.kind == "prob" and valid.any():
+                truth = self.rule.score(view)[valid] < 0.5  # wrong steps are the positive class
+                pred = scores[valid] < 0.5
+                tp = float((truth & pred).sum())
+                if pred.any():
+                    metrics["steps/precision_wrong"].append(tp / float(pred.sum()))
+                if truth.any():
+                    metrics["steps/recall_wrong"].append(tp / float(truth.sum()))
+        return feats
+
+
+def validate_steps(cfg) -> None:
+    """Config-time checks of ``method.steps`` (one clear error line before any model loads)."""
+    from crs.credit import CreditChain
+    from crs.steps.capo import VOTES
+    from crs.steps.methods import PRODUCERS
+    from crs.steps.rule import PROCESS_VERIFIERS
+
+    s = cfg.method.steps
+    if s.scorer not in ("rule", "prm", "judge", "implicit"):
+        raise ConfigError(f"method.steps.scorer must be one of rule, prm, judge, implicit (got {s.scorer!r})")
+    if s.judge.vote not in VOTES:
+        raise ConfigError(f"method.steps.judge.vote must be one of {', '.join(VOTES)} (got {s.judge.vote!r})")
+    if s.judge.critiques < 1:
+        raise ConfigError(f"method.steps.judge.critiques must be >= 1 (got {s.judge.critiques})")
+    if s.implicit.traj_agg not in ("mean", "sum"):
+        raise ConfigError(f"method.steps.implicit.traj_agg must be mean or sum (got {s.implicit.traj_agg!r})")
+    if s.implicit.beta <= 0 or s.implicit.lr <= 0:
+        raise ConfigError("method.steps.implicit.beta and .lr must be > 0")
+    chain = CreditChain(cfg.method.credit)
+    if not any(p.step.name in PRODUCERS for p in chain.steps):
+        return
+    if not list(s.separators):
+        raise ConfigError("method.steps.separators must name at least one separator")
+    bench = cfg.benchmark.name
+    needs_rule = s.scorer == "rule" or (s.scorer in ("prm", "judge") and not s[s.scorer].path)
+    if needs_rule and bench not in PROCESS_VERIFIERS:
+        raise ConfigError(
+            f"method.steps.scorer={s.scorer} needs a process verifier (rule scores, or labels to build a "
+            f"{s.scorer}) for benchmark {bench!r}; known: {', '.join(sorted(PROCESS_VERIFIERS))}; "
+            f"give method.steps.{s.scorer}.path for other tasks"
+        )

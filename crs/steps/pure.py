@@ -1,0 +1,159 @@
+"""PURE — min-form credit assignment over process rewards (arXiv 2504.15275; CJReinforce/PURE).
+
+Spec: ../shared/docs/methods-steps.md §1 (code-grounded; OpenRLHF ``main`` @ 41f9363, verl branch @ 83f9869).
+For one rollout batch, with step scores ``p_{i,k} ∈ [−1, 1]`` (a PRM's ``P(correct) − P(wrong)``, or a
+rule/judge score ``2s − 1``):
+
+``form: softmin`` (PURE, OpenRLHF ``turn_process_reward_logits_to_reward``)
+    ``w_k = softmax_k(−p_k / T)`` over the response's steps, ``r_k = w_k·p_k`` on step k's last token, so
+    ``Σ_k r_k → min_k p_k`` as ``T → 0`` (T = 0.1);
+``form: sum`` (the sum-form ablation, verl ``gamma-decay``)
+    ``r_k = p_k``;
+then the **token baseline** (script ``--reward_baseline token``): ``R_i = Σ_k r_{i,k}``,
+``b_i = Σ_{j≠i} R_j / Σ_{j≠i} L_j`` (leave-one-out over the group, ``L`` = valid tokens) and
+``r_{i,c_k} −= b_i·n_{i,k}`` (``n`` = step tokens without the separator); the optional **verifiable
+reward** ``v_i = solved_i − 1``, minus its leave-one-out mean, times ``vr_coef``, on the last token; the
+return ``G_t = Σ_{t' ≥ t} r_{t'}`` (γ = 1); advantage 0 at every reward position (separators and the
+last token) unless ``mask_separator`` is off; then whitening over the batch (mean over the non-zero
+advantages, zeros stay zero; ``replay_buffer.py normalize``).
+
+``form: strict`` (verl ``'strict min-form'``)
+    ``r_k = p_k``, ``G_t = min_{t' ≥ t} r_{t'}`` over *all* valid tokens (non-reward tokens carry 0, so
+    ``G ≤ 0`` when every score is positive — the authors' code does exactly this), then verl's
+    return-level baseline ``G_i −= (Σ_{j∈g} Σ_t G_j − Σ_t G_i)/((n−1)·N)``, ``N`` = padded width.
+
+Deviation [documented]: OpenRLHF's whitening counts ``Σ action_mask − #(A == 0)`` over the *padded*
+tensor, which also subtracts padding positions; crs counts the valid non-zero positions.
+
+Example::
+
+    crs train method=pure                                   # rule scores on the embedded task
+    crs train method=pure method.steps.scorer=prm           # a PRM (built offline on first use)
+    crs train method=pure method.credit.pure.form=sum       # the sum-form ablation that collapses
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from crs.errors import ConfigError
+from crs.steps.segment import Steps
+
+
+def softmin_step_rewards(p: Tensor, valid: Tensor, temperature: float) -> Tensor:
+    """``r_k = softmax_k(−p_k/T)·p_k`` over each row's valid steps (``[B,K]``; 0 on missing steps)."""
+    if temperature <= 0:
+        raise ConfigError(f"pure.temperature must be > 0, got {temperature}")
+    logits = (-p / temperature).masked_fill(~valid, float("-inf"))
+    w = torch.softmax(logits, dim=-1)
+    w = torch.nan_to_num(w, nan=0.0)  # rows without steps
+    return (w * p).masked_fill(~valid, 0.0)
+
+
+def loo_mean(x: Tensor, group_size: int) -> Tensor:
+    """Leave-one-out group mean ``(Σ_g x − x_i)/(n − 1)`` (``[N]``, groups contiguous)."""
+    g = x.view(-1, group_size)
+    return ((g.sum(1, keepdim=True) - g) / max(group_size - 1, 1)).reshape(-1)
+
+
+def token_baseline(R: Tensor, lengths: Tensor, group_size: int) -> Tensor:
+    """PURE's per-token baseline ``b_i = Σ_{j≠i} R_j / Σ_{j≠i} L_j`` (``[N]``)."""
+    Rg, Lg = R.view(-1, group_size), lengths.float().view(-1, group_size)
+    den = (Lg.sum(1, keepdim=True) - Lg).clamp(min=1.0)
+    return ((Rg.sum(1, keepdim=True) - Rg) / den).reshape(-1)
+
+
+def whiten_nonzero(A: Tensor, mask: Tensor) -> Tensor:
+    """OpenRLHF ``normalize``: mean over valid non-zero entries, var over all valid entries / that count."""
+    nz = (A != 0) & (mask > 0)
+    count = nz.sum().clamp(min=1)
+    mean = (A * nz).sum() / count
+    var = (((A - mean) ** 2) * mask).sum() / count
+    out = (A - mean) * var.clamp(min=1e-8).rsqrt()
+    return out.masked_fill(~nz, 0.0)
+
+
+def reverse_cumsum(x: Tensor) -> Tensor:
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+def reverse_cummin(x: Tensor, mask: Tensor) -> Tensor:
+    """``min_{t' ≥ t} x_{t'}`` over valid positions (``+inf`` padding does not count)."""
+    big = torch.finfo(x.dtype).max
+    y = x.masked_fill(mask <= 0, big).flip(-1)
+    return torch.cummin(y, dim=-1).values.flip(-1) * (mask > 0)
+
+
+def pure_advantages(
+    p: Tensor,
+    steps: Steps,
+    mask: Tensor,
+    success: Tensor,
+    group_size: int,
+    form: str = "softmin",
+    temperature: float = 0.1,
+    baseline: str = "token",
+    vr_coef: float = 1.0,
+    mask_separator: bool = True,
+    whiten: bool = True,
+    width: int | None = None,
+) -> Tensor:
+    """PURE's per-token advantages for a rollout batch.
+
+    Args:
+        p: ``[B,K]`` step scores in ``[−1, 1]`` (0 on missing steps).
+        steps: segmentation of the batch (:func:`crs.steps.segment.segment_batch`).
+        mask: ``[B,T]`` valid completion tokens.
+        success: ``[B]`` bool, the verifier's verdict (for the VR term).
+        group_size: completions per prompt (groups contiguous).
+        form: ``softmin`` | ``sum`` | ``strict``.
+        temperature: softmin T (0.1 in both released codes).
+        baseline: ``token`` (PURE's leave-one-out token baseline) | ``none``.
+        vr_coef: weight of the verifiable reward (0 = PURE-PRM only).
+        mask_separator: advantage 0 at reward positions (OpenRLHF default).
+        whiten: normalise over the batch (both codes).
+        width: ``N`` of the strict form's baseline (verl: max response length); default ``T``.
+
+    Returns:
+        ``[B,T]`` advantages (0 outside ``mask``).
+    """
+    if form not in ("softmin", "sum", "strict"):
+        raise ConfigError(f"pure.form must be softmin, sum or strict, got {form!r}")
+    if baseline not in ("token", "none"):
+        raise ConfigError(f"pure.baseline must be token or none, got {baseline!r}")
+    B, T = mask.shape
+    mask = mask.float()
+    lengths = mask.sum(-1)
+    valid = steps.valid
+    p = p.float().masked_fill(~valid, 0.0)
+    last = (lengths.long() - 1).clamp(min=0)
+    rows = torch.arange(B)
+    v = None
+    if vr_coef:
+        v = success.float() - 1.0
+        v = (v - loo_mean(v, group_size)) * vr_coef
+    if form == "strict":
+        r = steps.scatter(p)
+        if v is not None:
+            r[rows, last] += v
+        G = reverse_cummin(r, mask)
+        if baseline == "token":
+            N = float(width or T)
+            tot = G.sum(-1)
+            b = (tot.view(-1, group_size).sum(1, keepdim=True) - tot.view(-1, group_size)).reshape(-1)
+            G = (G - (b / (max(group_size - 1, 1) * N)).unsqueeze(1)) * mask
+    else:
+        r_step = softmin_step_rewards(p, valid, temperature) if form == "softmin" else p
+        if baseline == "token":
+            b = token_baseline(r_step.sum(-1), lengths, group_size)
+            r_step = (r_step - b.unsqueeze(1) * steps.n_content.float()).masked_fill(~valid, 0.0)
+        r = steps.scatter(r_step)
+        if v is not None:
+            r[rows, last] += v
+        G = reverse_cumsum(r * mask) * mask
+    if mask_separator:
+        G = G * (1.0 - steps.end_mask())
+    if whiten:
+        G = whiten_nonzero(G, mask)
+    return G * mask
