@@ -45,7 +45,9 @@ class MethodConfig:
     description: str = _f("", "One line: the paper and the idea.")
     steps: StepsConfig = field(
         default_factory=StepsConfig,
-        metadata={"help": "Step segmentation and step scorer for step-level methods (pure, capo, oprl; crs/steps)."},
+        metadata={
+            "help": "Step segmentation and step scorer for step-level methods (pure, capo, oprl; crs/steps)."
+        },
     )
 
 
@@ -103,9 +105,17 @@ class TrainerConfig:
     epsilon: float = _f(0.2, "PPO clip ε_low (GRPO 0.2; GSPO 3e-4).")
     epsilon_high: float | None = _f(None, "Clip ε_high; null = ε_low. DAPO clip-higher: 0.28; GSPO 4e-4.")
     loss_type: str = _f(
-        "grpo",
-        "TRL aggregation: grpo (per-sequence token mean; length-biased per Dr.GRPO), bnpo (micro-batch token "
-        "mean), dr_grpo (constant B·L_max normaliser), dapo (global token mean).",
+        "token_mean",
+        "Loss aggregation. token_mean: verl's token-mean, Σℓ over the trained tokens of the optimizer step "
+        "divided by their global count (all micro-batches, all processes) — what RLVR-Schedule, DAPO and "
+        "the 80/20 paper train with, TRL's dapo normaliser made exact; grpo: DeepSeekMath per-sequence mean, "
+        "then mean over sequences (a one-token TP suffix weighs as much as a whole response); bnpo: "
+        "micro-batch token mean; dr_grpo: constant B·L_max normaliser; dapo: = token_mean (TRL's name); "
+        "opmd: R³L's OPMD, −A·log π token-mean × 1/(1+opmd_tau), no ratio or clip.",
+    )
+    opmd_tau: float = _f(
+        1.0,
+        "OPMD regulariser τ (R³L opmd_policy_loss.py): the loss is scaled by 1/(1+τ). loss_type=opmd only.",
     )
     scale_rewards: str = _f("group", "Advantage scaling: group (GRPO std), batch (Lite-PPO), none (Dr.GRPO).")
     importance_sampling_level: str = _f(
@@ -261,7 +271,7 @@ def register_configs() -> None:
 # semantic checks (run before any model or dataset loads)
 
 _CHOICES = {
-    "trainer.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+    "trainer.loss_type": ("token_mean", "grpo", "bnpo", "dr_grpo", "dapo", "opmd"),
     "trainer.scale_rewards": ("group", "batch", "none"),
     "trainer.importance_sampling_level": ("token", "sequence"),
     "trainer.device": ("auto", "cpu", "cuda"),
@@ -308,6 +318,7 @@ def validate(cfg: DictConfig) -> None:
     _check(t.max_completion_length >= 1, "trainer.max_completion_length must be >= 1")
     _check(t.beta >= 0, f"trainer.beta must be >= 0 (got {t.beta})")
     _check(t.epsilon > 0, f"trainer.epsilon must be > 0 (got {t.epsilon})")
+    _check(t.opmd_tau >= 0, f"trainer.opmd_tau must be >= 0 (got {t.opmd_tau})")
     _check(t.epsilon_high is None or t.epsilon_high > 0, "trainer.epsilon_high must be > 0 or null")
     _check(
         t.warmup_steps >= 0, "trainer.warmup_steps must be >= 0 (steps, or a fraction of max_steps if < 1)"

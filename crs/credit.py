@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,10 +197,11 @@ def top_entropy_mask(
         mask: ``[B,T]`` 1 on candidate tokens.
         keep_fraction: fraction of tokens kept (the 80/20 paper: 0.2).
         selection:
-            ``per_sequence`` — top ``k_i = ceil(L_i·keep)`` tokens of each response (RLVR-Schedule's
-            scheduled forking-token baseline, ``compute_entropy_topk_response_mask``);
-            ``batch_topk`` — top ``k = ceil(keep·|S|)`` over all valid tokens ``S`` of the micro-batch
-            (the 80/20 authors' ``get_global_entropy_top_mask``);
+            ``per_sequence`` — top ``k_i = ceil(L_i·keep)`` tokens of each response, computed in float32
+            (RLVR-Schedule's scheduled forking-token baseline, ``compute_entropy_topk_response_mask``);
+            ``batch_topk`` — top ``k = max(1, int(keep·|S| + 0.9999))`` over all valid tokens ``S`` of the
+            micro-batch (the 80/20 authors' ``get_global_entropy_top_mask``; with several processes the
+            trainer pools ``S`` over all of them);
             ``batch_quantile`` — ``H ≥ quantile(H_S, 1 − keep)`` (TRL's ``top_entropy_quantile``).
 
     Returns:
@@ -210,7 +210,10 @@ def top_entropy_mask(
     valid = mask > 0
     H = entropies.detach().float()
     if selection == "per_sequence":
-        k = torch.ceil(valid.sum(-1).to(torch.float64) * keep_fraction).long()  # [B]
+        # float32, as the authors' ``(n.float() * r).ceil()`` (RLVR-Schedule ray_trainer.py:150): in float64
+        # ρ = 0.99, L = 100 gives k = 2 instead of their 1
+        r = min(max(float(keep_fraction), 0.0), 1.0)
+        k = (valid.sum(-1).to(torch.float32) * r).ceil().long()  # [B]
         # rank tokens inside each row by entropy; invalid tokens go last
         scores = H.masked_fill(~valid, float("-inf"))
         order = scores.argsort(dim=-1, descending=True, stable=True)
@@ -221,9 +224,10 @@ def top_entropy_mask(
     if flat.numel() == 0:
         return torch.zeros_like(H)
     if selection == "batch_topk":
-        k = math.ceil(keep_fraction * flat.numel())
-        if k <= 0:
+        # the 80/20 authors' count: max(1, int(n·r + 0.9999)) (get_global_entropy_top_mask); keep = 0 selects none
+        if keep_fraction <= 0:
             return torch.zeros_like(H)
+        k = min(max(1, int(flat.numel() * keep_fraction + 0.9999)), flat.numel())
         thr = flat.topk(k).values[-1]
         sel = valid & (H >= thr)
         # ties at the threshold could exceed k; keep exactly the first k in row-major order of rank
@@ -279,27 +283,27 @@ def group_stats(values: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
 def adora_advantageous(success: Tensor, lengths: Tensor, truncated: Tensor, group_size: int) -> Tensor:
     """ADORA's length criterion (``compute_grpo_outcome_advantage_ADORA``): is a group advantageous?
 
-    A group is *temporarily advantageous* iff its longest correct response is longer than the mean
-    length of its incorrect, non-truncated responses. Groups with no correct or no such incorrect
-    response cannot be compared and are kept (weight 1) [choice: the released code only scales
-    groups it can classify; such groups have zero GRPO advantage anyway when rewards are binary].
+    As the released code (``ADORA/verl/trainer/ppo/core_algos.py:150-179``): ``max_pos`` is the longest
+    correct response (``−inf`` when none is correct), ``mean_neg`` the mean length of the incorrect,
+    non-truncated ones (``−inf`` when there are none); the group is advantageous iff
+    ``max_pos > mean_neg``. So a group with **no correct answer is scaled by λ** (``−inf > x`` is
+    false), and a group whose incorrect answers are all truncated keeps weight 1.
 
     Args:
         success: ``[N]`` bool, the verifier's verdict.
         lengths: ``[N]`` response lengths.
-        truncated: ``[N]`` bool, hit ``max_completion_length`` without EOS.
+        truncated: ``[N]`` bool, hit ``max_completion_length`` without EOS (the code's length threshold).
     Returns:
         ``[N]`` bool, broadcast per row.
     """
     ok = success.bool().view(-1, group_size)
     L = lengths.float().view(-1, group_size)
     wrong = (~ok) & (~truncated.bool().view(-1, group_size))
-    max_correct = L.masked_fill(~ok, float("-inf")).max(1).values
+    neg_inf = torch.full_like(L[:, 0], float("-inf"))
+    max_pos = torch.where(ok.any(1), L.masked_fill(~ok, float("-inf")).max(1).values, neg_inf)
     n_wrong = wrong.sum(1)
-    mean_wrong = (L * wrong).sum(1) / n_wrong.clamp(min=1)
-    comparable = ok.any(1) & (n_wrong > 0)
-    tas = torch.where(comparable, max_correct > mean_wrong, torch.ones_like(comparable))
-    return tas.repeat_interleave(group_size)
+    mean_neg = torch.where(n_wrong > 0, (L * wrong).sum(1) / n_wrong.clamp(min=1), neg_inf)
+    return (max_pos > mean_neg).repeat_interleave(group_size)
 
 
 def fold_token_weights(
@@ -341,12 +345,14 @@ def fold_token_weights(
 
 
 @register_credit("tp_schedule", phase="mask", ranges={"withhold": "[0, 1]"})
-def tp_schedule(batch: CreditBatch, withhold: float = 1.0, reward_on: str = "full") -> CreditBatch:
+def tp_schedule(batch: CreditBatch, withhold: float = 1.0, reward_on: str = "suffix") -> CreditBatch:
     """TP-Schedule (arXiv 2605.25381): train only the tail ``1 − withhold`` of each response.
 
-    ``withhold`` is ``ρ`` when driven (``drive: {knob: withhold, neutral: 0.0}``). ``reward_on`` is read by
-    the trainer at rollout time: ``full`` scores the whole completion, ``suffix`` only the trained tail
-    (what the released code does; it changes rewards when the answer falls in the withheld prefix).
+    ``withhold`` is ``ρ`` when driven (``drive: {knob: withhold, neutral: 0.0}``), fixed per rollout.
+    ``reward_on`` is read by the trainer at rollout time: ``suffix`` (default) scores only the trained
+    tail — the released code moves the prefix into the prompt and its reward manager decodes only the
+    response (``agent_loop.py:667-687``, ``reward_manager/naive.py:37-56``); ``full`` scores the whole
+    completion (the paper's prose). Evaluation never cuts (``agent_loop.py:654``).
     """
     if reward_on not in ("full", "suffix"):
         raise ConfigError(f"tp_schedule.reward_on must be 'full' or 'suffix', got {reward_on!r}")
@@ -395,8 +401,10 @@ def _scale_rows(adv: Tensor, scale: Tensor) -> Tensor:
 
 @register_credit("focal_grpo", features=("group_success",), ranges={"gamma": "[0, inf)"})
 def focal_grpo(batch: CreditBatch, gamma: float = 2.0) -> CreditBatch:
-    """Focal F-GRPO (arXiv 2602.06717): scale a group's advantages by ``(1 − p̂)^γ``.
+    """Focal GRPO (arXiv 2602.06717): scale a group's advantages by ``(1 − p̂)^γ``.
 
+    Not the seed page's "F-GRPO", which is *Factorized* Group-Relative Policy Optimization (arXiv
+    2605.12995: candidate generation + ranking), a different method not implemented yet.
     ``p̂`` is the group's success rate, so easy groups are down-weighted. The focal form is this
     project's reading of the abstract ([INF] in the spec); ``γ = 0`` is GRPO.
     """
@@ -406,7 +414,8 @@ def focal_grpo(batch: CreditBatch, gamma: float = 2.0) -> CreditBatch:
 
 @register_credit("adora", features=("adora_tas",), ranges={"lam": "[0, 1]"})
 def adora(batch: CreditBatch, lam: float = 0.1) -> CreditBatch:
-    """ADORA (arXiv 2602.10019, length criterion of the released code): ``A·λ`` for disadvantageous groups."""
+    """ADORA (arXiv 2602.10019, length criterion of the released code): ``A·λ`` for disadvantageous groups
+    (including groups with no correct answer, as in the code; :func:`adora_advantageous`)."""
     tas = batch.features["adora_tas"].bool()
     scale = torch.where(
         tas, torch.ones_like(tas, dtype=torch.float32), torch.full_like(tas, lam, dtype=torch.float32)
@@ -423,8 +432,9 @@ def r3l_amplify(batch: CreditBatch, alpha: float = 3.0, full_reward: float = 1.0
     """R³L positive amplification (arXiv 2601.03715, ``opmd_reweight_adv``).
 
     ``s = r − mean_group(r)``; ``A = 1`` if ``r ≥ full_reward``, ``α·s`` if ``s ≥ 0``, else ``s``.
-    Replaces the (std-normalised) GRPO advantage; R³L's OPMD loss itself is not used, crs keeps the
-    configured PPO-style loss.
+    Replaces the (std-normalised) GRPO advantage. R³L trains it with the OPMD loss
+    (``−A·log π``, token-mean, ×1/(1+τ); ``loss=opmd``, the method's default); the PPO-clip losses
+    remain available as another option.
     """
     r = batch.features["reward"].float()
     s = r - batch.features["group_mean"].float()
@@ -634,7 +644,7 @@ class CreditChain:
 
 
 # turn-level methods for multi-turn environments register their steps from their own package
-from crs.envs import methods as _turn_methods  # noqa: E402, F401
 # step-level methods (PURE, CAPO, OPRL) live in their own package and register themselves on import
 import crs.steps.intervention  # noqa: E402,F401  (InT)
 import crs.steps.methods  # noqa: E402,F401  (PURE, CAPO, OPRL)
+from crs.envs import methods as _turn_methods  # noqa: E402, F401

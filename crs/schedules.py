@@ -1,8 +1,10 @@
 """Temporal schedules: how a credit criterion moves over training.
 
 "Not only where, but when" (arXiv 2605.25381): a credit method's criterion need not be fixed. A
-schedule maps training progress (``global_step / max_steps`` at *loss* time) to a scalar ``ρ`` that
-drives one knob of the active credit method. For TP-Schedule ``ρ`` is the withheld fraction of each
+schedule maps training progress to a scalar ``ρ`` that drives one knob of the active credit method.
+``ρ`` is fixed once per rollout, when it is generated, on the authors' clock (rollouts counted from 1,
+``p = (s − int(T·start)) / (int(T·end) − int(T·start))``, :func:`schedule_at_step`), and every use of
+it — the trained mask, the reward cut, the driven knob — sees that one value. For TP-Schedule ``ρ`` is the withheld fraction of each
 response (only the tail ``1−ρ`` is trained); for other methods the yaml says which knob it drives.
 
 All schedules share the authors' conventions (RLVR-Schedule ``_prefix_curriculum``)::
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 SCHEDULES: dict[str, Callable[..., float]] = {}
@@ -119,6 +122,19 @@ def step(
     return value
 
 
+def _shape_at(name: str, p: float, m: float, invert: bool, params: Mapping[str, Any]) -> float:
+    q = 1.0 - p if invert else p
+    # every decaying shape reaches exactly 0 at the end of its window ("0 after end")
+    return 0.0 if q >= 1.0 else float(SCHEDULES[name](q, m, **params))
+
+
+def _check(name: str, start: float, end: float) -> None:
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
+    if name != "constant" and not end > start:
+        raise ValueError(f"schedule end ({end}) must be greater than start ({start})")
+
+
 def schedule_value(
     name: str,
     progress: float,
@@ -128,11 +144,13 @@ def schedule_value(
     invert: bool = False,
     **params: Any,
 ) -> float:
-    """Value of schedule ``name`` at training ``progress`` ∈ [0, 1].
+    """Value of schedule ``name`` at a continuous training ``progress`` ∈ [0, 1] (plots, ``crs schedule``).
+
+    Training itself uses :func:`schedule_at_step`, the authors' integer clock.
 
     Args:
         name: registered shape (``constant``, ``linear``, ``cosine``, ``sigmoid``, ``gamma``, ``step``).
-        progress: fraction of training done (crs uses ``global_step / max_steps`` at loss time).
+        progress: fraction of training done.
         m: magnitude, the value held before ``start``.
         start, end: fractions of training where the schedule begins and finishes moving.
         invert: mirror in time, so the value rises from 0 to the shape's start value.
@@ -141,25 +159,70 @@ def schedule_value(
     Returns:
         ``ρ`` as a Python float.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
-    shape = SCHEDULES[name]
+    _check(name, start, end)
     if name == "constant":
         return float(m)
-    if not end > start:
-        raise ValueError(f"schedule end ({end}) must be greater than start ({start})")
     p = min(max((progress - start) / (end - start), 0.0), 1.0)
-    q = 1.0 - p if invert else p
-    # every decaying shape reaches exactly 0 at the end of its window ("0 after end")
-    return 0.0 if q >= 1.0 else float(shape(q, m, **params))
+    return _shape_at(name, p, m, invert, params)
 
 
-def schedule_from_cfg(cfg: Mapping[str, Any]) -> Callable[[float], float]:
-    """Turn a ``schedule`` config node into ``progress -> ρ``."""
+def step_progress(step: int, total: int, start: float = 0.0, end: float = 0.8) -> float:
+    """The authors' schedule clock: ``p = clip((s − s_min) / (s_max − s_min), 0, 1)``.
+
+    RLVR-Schedule counts rollouts from 1 (``ray_trainer.py``: ``self.global_steps += 1`` before the
+    first generation) and resolves the window to integers once, ``s_min = int(T·start)``,
+    ``s_max = int(T·end)`` (``ray_trainer.py:384-385``; ``agent_loop.py`` ``schedule_progress``).
+    For T = 101, end = 0.8 that is s_max = 80, not 80.8.
+
+    Args:
+        step: 1-based index of the rollout (the authors' ``global_steps`` at generation time).
+        total: ``T``, the number of rollouts in the run.
+    """
+    s_min, s_max = int(total * start), int(total * end)
+    if s_max <= s_min:
+        raise ValueError(
+            f"schedule window resolves to steps {s_min}..{s_max} of {total}: end must give a later step than start"
+        )
+    return min(max((step - s_min) / (s_max - s_min), 0.0), 1.0)
+
+
+def schedule_at_step(
+    name: str,
+    step: int,
+    total: int,
+    m: float = 0.99,
+    start: float = 0.0,
+    end: float = 0.8,
+    invert: bool = False,
+    **params: Any,
+) -> float:
+    """``ρ`` for rollout ``step`` (1-based) of ``total`` on the authors' clock (:func:`step_progress`)."""
+    _check(name, start, end)
+    if name == "constant":
+        return float(m)
+    return _shape_at(name, step_progress(step, total, start, end), m, invert, params)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A configured schedule: ``schedule(progress)`` for plots, ``schedule.at_step(s, T)`` for training."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, progress: float) -> float:
+        return schedule_value(self.name, progress, **self.params)
+
+    def at_step(self, step: int, total: int) -> float:
+        return schedule_at_step(self.name, step, total, **self.params)
+
+
+def schedule_from_cfg(cfg: Mapping[str, Any]) -> Schedule:
+    """Turn a ``schedule`` config node into a :class:`Schedule` (validated now, not at step 1)."""
     params = {k: v for k, v in dict(cfg).items() if k not in ("name",)}
     params["milestones"] = list(params.get("milestones") or [])
     params["values"] = list(params.get("values") or [])
     name = cfg["name"]
     # fail early on a bad config, not at step 1
     schedule_value(name, 0.0, **params)
-    return lambda progress: schedule_value(name, progress, **params)
+    return Schedule(name, params)

@@ -207,6 +207,10 @@ def load_model(cfg: DictConfig, path: str):
     return model, tok
 
 
+# crs loss names that TRL spells differently
+TRL_LOSS = {"token_mean": "dapo", "opmd": "cispo"}
+
+
 def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
     """The GRPOConfig for this job (every knob comes from cfg.trainer; ``n_params`` sizes ``precision: auto``)."""
     import torch
@@ -241,8 +245,10 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
         max_grad_norm=t.max_grad_norm,
         beta=t.beta,
         epsilon=t.epsilon,
-        epsilon_high=t.epsilon_high,
-        loss_type=t.loss_type,
+        epsilon_high=1.0 if t.loss_type == "opmd" else t.epsilon_high,
+        # token_mean is TRL's dapo normaliser made exact by the trainer; opmd is cispo with the ratio
+        # fixed at 1 (the trainer drops the old log-probs), so ε_high only has to be >= 1
+        loss_type=TRL_LOSS.get(t.loss_type, t.loss_type),
         scale_rewards=t.scale_rewards,
         importance_sampling_level=t.importance_sampling_level,
         mask_truncated_completions=t.mask_truncated_completions,
@@ -448,6 +454,7 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         sample_size=cfg.tracking.sample_size,
         environment_factory=bench.info.get("environment_factory"),  # multi-turn benchmarks (crs/envs)
         generation=cfg.trainer.generation,
+        opmd_tau=cfg.trainer.opmd_tau if cfg.trainer.loss_type == "opmd" else None,
     )
     trainer.remove_callback(PrinterCallback)
     cb = tracker.callback()

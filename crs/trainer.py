@@ -6,21 +6,29 @@ changes them:
 
 ``_calculate_rewards``
     Keeps the gathered reward matrix and the completion lengths (the dict TRL returns only carries
-    normalised advantages); for TP-Schedule's ``reward_on: suffix`` it scores only the trained tail.
+    normalised advantages); for TP-Schedule's ``reward_on: suffix`` it scores only the trained tail
+    (training rollouts only: evaluation never cuts, as the authors skip TP in validation).
 ``_generate_and_score_completions``
-    Adds per-row rollout features (group success rate, reward, length, ADORA's criterion, ...) computed
-    on the *gathered* batch, where groups are contiguous, then sliced per process — TRL shuffles rows
-    before the loss, so group statistics cannot be computed later.
+    Fixes ``ρ`` for this rollout on the authors' clock (rollouts counted from 1; ``schedule.at_step``),
+    adds per-row rollout features (group success rate, reward, length, ADORA's criterion, ``ρ``, ...)
+    computed on the *gathered* batch, where groups are contiguous, then sliced per process — TRL
+    shuffles rows before the loss, so group statistics cannot be computed later — and runs the chain's
+    mask phase (TP window, DAPO zero-std filter) into TRL's loss-only ``tool_mask``, multiplying any
+    mask already there (multi-turn tool outputs). With several optimizer steps per rollout (GSPO's
+    mini-batches) every step sees the same ``ρ``, mask and reward cut.
 ``compute_loss``
-    Copies the batch dict (TRL reuses the buffered rollout across iterations), evaluates the schedule
-    *now* (``ρ = schedule(global_step / max_steps)``), runs the chain's mask phase into TRL's loss-only
-    ``tool_mask`` and rescales ``num_items_in_batch`` for ``dapo``; then calls TRL's loss unchanged.
+    Copies the batch dict (TRL reuses the buffered rollout across iterations), sets the exact global
+    token-mean divisor for the token-level aggregations (``token_mean``/``dapo``/``opmd``: trained
+    tokens of *this optimizer step's* micro-batches summed over processes, verl's ``token-mean``), then
+    calls TRL's loss unchanged.
 ``_generate_single_turn``
     Only with ``generation="static"``: completions come from crs's static-cache / CUDA-graph decoder
     (:mod:`crs.rollout`) instead of ``model.generate``; every other option is TRL's own path.
 ``_get_per_token_logps_and_entropies``
     Inside TRL's loss, right after the policy forward and before TRL reads the advantages: runs the
-    chain's advantage phase with the (detached) entropies and writes ``[B]``/``[B,T]`` advantages.
+    chain's advantage phase with the (detached) entropies and writes ``[B]``/``[B,T]`` advantages. With
+    several processes the phase runs on the micro-batch gathered from all of them (batch top-k,
+    quantiles and selected-token normalisers pool globally) and each process keeps its rows.
 
 With ``method=grpo`` (empty chain) nothing is changed and the loss equals plain ``GRPOTrainer``'s to
 floating-point tolerance (``tests/test_trainer.py``).
@@ -28,6 +36,8 @@ floating-point tolerance (``tests/test_trainer.py``).
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +50,9 @@ from crs.credit import CreditBatch, CreditChain, fold_token_weights, rollout_fea
 from crs.diagnostics import binned_sums, k3_kl
 from crs.rollout import build_decoder
 
+# TRL loss types whose normaliser is ``num_items_in_batch`` (a global token count)
+TOKEN_MEAN_LOSSES = ("dapo", "cispo", "vespo")
+
 
 @dataclass
 class _Pending:
@@ -49,12 +62,21 @@ class _Pending:
     mode: str
 
 
+def _loss_mask(inputs: dict[str, Any]) -> torch.Tensor:
+    """TRL's loss mask of a batch dict: ``completion_mask · tool_mask``."""
+    m = inputs["completion_mask"].float()
+    return m * inputs["tool_mask"].float() if "tool_mask" in inputs else m
+
+
 class CreditGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` + a :class:`~crs.credit.CreditChain` + a schedule ``progress -> ρ``.
 
     Args:
         credit: the method's chain (empty = GRPO).
-        schedule: ``progress ∈ [0,1] -> ρ``.
+        schedule: a :class:`~crs.schedules.Schedule` (``at_step(rollout, total) -> ρ``), or any
+            ``progress ∈ [0,1] -> ρ`` callable.
+        opmd_tau: R³L's OPMD loss when set: TRL's ``cispo`` loss with the ratio fixed at 1 (old log-probs
+            dropped) is ``−A·log π``; advantages are scaled by ``1/(1+τ)``.
         filter_zero_std_groups: DAPO dynamic-sampling filter (zero-std groups leave the objective).
         diagnostics_every: log percentile-bin entropy/KL every N optimizer steps (0 = off).
         diagnostics_bins: number of trajectory-percentile bins.
@@ -80,9 +102,13 @@ class CreditGRPOTrainer(GRPOTrainer):
         sample_size: int = 8,
         generation: str = "hf",
         step_hook: Any = None,
+        opmd_tau: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.opmd_tau = opmd_tau
+        self._crs_rho = 0.0
+        self._crs_warned: set[str] = set()
         self.credit = credit
         self.schedule = schedule
         self.filter_zero_std_groups = filter_zero_std_groups
@@ -100,12 +126,35 @@ class CreditGRPOTrainer(GRPOTrainer):
         self.decoder = build_decoder(generation)
 
     # ------------------------------------------------------------------------------------------ clock
+    def _micro_steps_per_rollout(self) -> int:
+        return self.args.steps_per_generation * self.num_iterations
+
+    def rollout_index(self) -> int:
+        """1-based index of the rollout generated at the current optimizer step (the authors' clock).
+
+        RLVR-Schedule counts *training iterations* — one rollout each, however many mini-batch updates
+        it feeds — from 1. In TRL a rollout feeds ``steps_per_generation·num_iterations`` micro-steps,
+        i.e. that many ``/ gradient_accumulation_steps`` optimizer steps; derived from ``global_step``
+        so that a resumed run gets the same value.
+        """
+        ga = self.args.gradient_accumulation_steps
+        return (self.state.global_step * ga) // self._micro_steps_per_rollout() + 1
+
+    def total_rollouts(self) -> int:
+        ga = self.args.gradient_accumulation_steps
+        return max(1, math.ceil(self.state.max_steps * ga / self._micro_steps_per_rollout()))
+
     def progress(self) -> float:
         """Fraction of training done: completed optimizer steps / max_steps."""
         return self.state.global_step / max(1, self.state.max_steps)
 
     def rho(self) -> float:
-        return float(self.schedule(self.progress()))
+        """``ρ`` of the rollout made at the current step (fixed for all of its optimizer steps)."""
+        r, total = self.rollout_index(), self.total_rollouts()
+        at_step = getattr(self.schedule, "at_step", None)
+        if at_step is not None:
+            return float(at_step(r, total))
+        return float(self.schedule(min(1.0, (r - 1) / total)))
 
     def _mode(self) -> str:
         return "train" if self.model.training else "eval"
@@ -137,7 +186,8 @@ class CreditGRPOTrainer(GRPOTrainer):
         lengths = torch.tensor([len(ids) for ids in completion_ids_list], dtype=torch.long)
         eos = set(self.eos_token_ids) if self.eos_token_ids is not None else set()
         truncated = torch.tensor([len(ids) == 0 or ids[-1] not in eos for ids in completion_ids_list])
-        withhold = self.credit.suffix_reward_withhold(self.rho())
+        # ρ of this rollout (set by _generate_and_score_completions); evaluation never cuts
+        withhold = self.credit.suffix_reward_withhold(self._crs_rho) if self._mode() == "train" else None
         if withhold is not None:
             # TP-Schedule reward_on=suffix: the verifier sees only the trained tail (the released code)
             cuts = tp_prefix_cut(lengths, withhold).tolist()
@@ -162,11 +212,16 @@ class CreditGRPOTrainer(GRPOTrainer):
         return not self.credit.is_identity or self.filter_zero_std_groups or self.step_hook is not None
 
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
         mode = self._mode()
+        if mode == "train":
+            self._crs_rho = self.rho()  # once per rollout, before the rewards are computed
+        rho = self._crs_rho
+        out = super()._generate_and_score_completions(inputs)
         rollout = self._crs_rollout
         local_b = out["completion_ids"].shape[0]
         device = out["completion_ids"].device
+        out["crs_rho"] = torch.full((local_b,), rho, dtype=torch.float32, device=device)
+        feats: dict[str, torch.Tensor] = {}
         if self._needs_features() and rollout:
             rpf = rollout["rewards_per_func"]  # (N_global, n_funcs), gathered by TRL
             rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
@@ -174,18 +229,20 @@ class CreditGRPOTrainer(GRPOTrainer):
             lengths = self.accelerator.gather(rollout["lengths"].to(device))
             truncated = self.accelerator.gather(rollout["truncated"].to(device))
             group = self.num_generations if mode == "train" else self.num_generations_eval
-            feats = rollout_features(rewards, success, lengths, truncated, group, self.credit.features)
+            all_feats = rollout_features(rewards, success, lengths, truncated, group, self.credit.features)
             rank = self.accelerator.process_index
             sl = slice(rank * local_b, (rank + 1) * local_b)
-            for name, value in feats.items():
-                out[f"crs_{name}"] = value[sl].to(device)
+            for name, value in all_feats.items():
+                feats[name] = value[sl].to(device)
+                out[f"crs_{name}"] = feats[name]
             if self.step_hook is not None:  # step scorers + per-token tensors (crs/steps/hook.py)
-                step_feats = self.step_hook(self, inputs, out, success[sl], group, self.rho(), mode)
+                step_feats = self.step_hook(self, inputs, out, success[sl], group, rho, mode)
                 out.update({f"crs_{k}": v.to(device) for k, v in step_feats.items()})
         if self.environments is not None:  # multi-turn environment rollout: turn structure + turn credit
             from crs.envs.turns import turn_hook
 
             out.update(turn_hook(self, inputs, out))
+        self._rollout_mask(out, feats, rho)
         due = {s for s in self.sample_steps if s <= self.state.global_step}
         if mode == "train" and due and self.accelerator.is_main_process:
             # the first rollout at or after each sample step (rollouts are rarer than steps when
@@ -193,6 +250,21 @@ class CreditGRPOTrainer(GRPOTrainer):
             self.sample_steps -= due
             self._keep_samples(inputs, out, rollout)
         return out
+
+    def _rollout_mask(self, out: dict[str, Any], feats: dict[str, torch.Tensor], rho: float) -> None:
+        """The chain's mask phase at rollout time, into TRL's loss-only ``tool_mask`` (composed by product)."""
+        if not (self.credit.has_mask_phase or self.filter_zero_std_groups):
+            return
+        completion_mask = out["completion_mask"].float()
+        mask = completion_mask * out["tool_mask"].float() if "tool_mask" in out else completion_mask
+        if self.filter_zero_std_groups:
+            mask = mask * (feats["group_std"] > 0).float().unsqueeze(1)
+        if self.credit.has_mask_phase:
+            mask = self.credit.mask_phase(
+                CreditBatch(advantages=out["advantages"], mask=mask, features=feats), rho
+            )
+        # TRL builds attention from completion_mask and the loss from completion_mask·tool_mask
+        out["tool_mask"] = mask
 
     def _keep_samples(self, inputs, out, rollout) -> None:
         n = min(self.sample_size, len(inputs))
@@ -204,7 +276,7 @@ class CreditGRPOTrainer(GRPOTrainer):
             self.samples.append(
                 {
                     "step": self.state.global_step,
-                    "rho": self.rho(),
+                    "rho": self._crs_rho,
                     "prompt": prompt if isinstance(prompt, str) else str(prompt),
                     "completion": comp if isinstance(comp, str) else (comp[0]["content"] if comp else None),
                     "rewards": {
@@ -221,43 +293,60 @@ class CreditGRPOTrainer(GRPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # never mutate TRL's buffered rollout: it is reused across iterations
         mode = self._mode()
-        rho = self.rho()  # the schedule is evaluated at loss time, not rollout time
-        completion_mask = inputs["completion_mask"].float()
-        mask = completion_mask * inputs["tool_mask"] if "tool_mask" in inputs else completion_mask
-        features = {k[4:]: v for k, v in inputs.items() if k.startswith("crs_")}
-        batch = CreditBatch(
-            advantages=inputs["advantages"],
-            mask=mask,
-            features=features,
-        )
-        new_mask = None
-        if self.filter_zero_std_groups:
-            new_mask = mask * (features["group_std"] > 0).float().unsqueeze(1)
-        if self.credit.has_mask_phase:
-            new_mask = self.credit.mask_phase(
-                batch.replace(mask=new_mask if new_mask is not None else mask), rho
-            )
-        if new_mask is not None:
-            # loss-only mask: TRL builds attention from completion_mask, the loss from completion_mask·tool_mask
-            inputs["tool_mask"] = new_mask
-            if self.loss_type in ("dapo", "cispo", "vespo"):
-                # TRL divides by the generation batch's token count; recount trained tokens (this micro-batch,
-                # extrapolated to the generation batch: exact for gradient_accumulation_steps = 1)
-                local = new_mask.sum().detach()
-                inputs["num_items_in_batch"] = (
-                    self.accelerator.gather(local).sum() * self.args.steps_per_generation
-                )
-            batch = batch.replace(mask=new_mask)
+        rho = float(inputs["crs_rho"][0]) if "crs_rho" in inputs else self._crs_rho  # fixed at rollout time
+        mask = _loss_mask(inputs)
+        features = {k[4:]: v for k, v in inputs.items() if k.startswith("crs_") and k != "crs_rho"}
+        if self.loss_type in TOKEN_MEAN_LOSSES:
+            inputs["num_items_in_batch"] = self._token_mean_items(mode, mask)
+        if self.opmd_tau is not None:
+            # OPMD (R³L opmd_policy_loss.py): −A·log π with the current log π, no importance ratio
+            inputs.pop("old_per_token_logps", None)
+        batch = CreditBatch(advantages=inputs["advantages"], mask=mask, features=features)
         self._crs_pending = _Pending(inputs, batch, rho, mode)
         clip = inputs.get("crs_turn_clip")  # A²TGPO: per-token clip ranges [1 − c·ε_low, 1 + c·ε_high]
         eps = (self.epsilon_low, self.epsilon_high)
         if clip is not None:
-            self.epsilon_low, self.epsilon_high = eps[0] * clip, eps[1] * clip  # TRL's torch.clamp takes tensors
+            self.epsilon_low, self.epsilon_high = (
+                eps[0] * clip,
+                eps[1] * clip,
+            )  # TRL's torch.clamp takes tensors
         try:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
             self._crs_pending = None
             self.epsilon_low, self.epsilon_high = eps
+
+    def _token_mean_items(self, mode: str, mask: torch.Tensor) -> torch.Tensor:
+        """``num_items_in_batch`` that makes TRL's token-level normaliser verl's ``token-mean`` exactly.
+
+        TRL divides each micro-batch's ``Σ ℓ·m`` by ``num_items / P · GA / S`` (train) or ``num_items / P``
+        (eval) and DDP averages over the P processes. verl divides by the number of trained tokens in the
+        whole mini-batch (``agg_loss(..., batch_num_tokens)``, core_algos.py:1170-1175). So ``num_items`` =
+        trained tokens of this optimizer step's GA micro-batches, summed over processes, × S / GA. The
+        micro-batches are the buffered rollout's chunks; their masks are final at rollout time.
+        """
+        if mode != "train":
+            return self.accelerator.gather(mask.sum().detach().reshape(1)).sum()
+        ga = self.current_gradient_accumulation_steps
+        S = self.args.steps_per_generation
+        every = self._micro_steps_per_rollout()
+        first = (self._step // ga) * ga
+        buf = self._buffered_inputs
+        if buf is not None and first // every == (first + ga - 1) // every:
+            local = sum(_loss_mask(buf[(first + j) % S]).sum() for j in range(ga))
+        else:
+            # an optimizer step spanning several rollouts (GA > steps_per_generation), or a batch that is
+            # not the buffered rollout (direct calls): extrapolate this micro-batch
+            if "token_mean_estimate" not in self._crs_warned and buf is not None:
+                self._crs_warned.add("token_mean_estimate")
+                warnings.warn(
+                    "crs: an optimizer step spans several rollouts (gradient_accumulation_steps > "
+                    "steps_per_generation); the token-mean divisor is extrapolated from each micro-batch",
+                    stacklevel=2,
+                )
+            local = mask.sum() * ga
+        total = self.accelerator.gather(local.detach().float().reshape(1)).sum()
+        return total * S / ga
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
@@ -272,17 +361,24 @@ class CreditGRPOTrainer(GRPOTrainer):
         batch = pending.batch.replace(entropies=entropies, logps=logps)
         weights = None
         if self.credit.has_advantage_phase:
-            out = self.credit.advantage_phase(batch, rho)
+            multi = self.accelerator.num_processes > 1
+            full = self._gather_batch(batch) if multi else batch  # batch-level criteria pool over processes
+            out = self.credit.advantage_phase(full, rho)
             weights = out.token_weights
             if weights is not None:
-                inputs["advantages"] = fold_token_weights(
-                    out.advantages, weights, batch.mask, self.loss_type, out.renormalize
-                )
+                adv = fold_token_weights(out.advantages, weights, full.mask, self.loss_type, out.renormalize)
             else:
-                inputs["advantages"] = out.token_advantages() if out.advantages.dim() == 2 else out.advantages
+                adv = out.token_advantages() if out.advantages.dim() == 2 else out.advantages
             credit_tokens = out.token_advantages() * (weights if weights is not None else 1.0)
+            if multi:
+                adv, weights, credit_tokens = (
+                    self._local_rows(t, batch.mask) for t in (adv, weights, credit_tokens)
+                )
+            inputs["advantages"] = adv
         else:
             credit_tokens = batch.token_advantages()
+        if self.opmd_tau is not None:
+            inputs["advantages"] = inputs["advantages"] / (1.0 + self.opmd_tau)
         self._log_credit(mode, rho, batch, weights, credit_tokens, entropies, inputs)
         if self._diagnostic_step():
             self._log_percentile_entropy(entropies, inputs["completion_mask"].float())
@@ -296,6 +392,36 @@ class CreditGRPOTrainer(GRPOTrainer):
                     "completion_mask": inputs["completion_mask"].float(),
                     "decisive": batch.features.get("decisive"),
                 }
+
+    def _gather_batch(self, batch: CreditBatch) -> CreditBatch:
+        """The micro-batch of every process as one batch (rows in process order, ``T`` padded)."""
+        acc = self.accelerator
+
+        def g(t):
+            if t is None:
+                return None
+            x = t.float() if t.dtype == torch.bool else t
+            if x.dim() == 2:
+                x = acc.pad_across_processes(x, dim=1, pad_index=0)
+            y = acc.gather(x.contiguous())
+            return y.bool() if t.dtype == torch.bool else y
+
+        return batch.replace(
+            advantages=g(batch.advantages),
+            mask=g(batch.mask),
+            token_weights=g(batch.token_weights),
+            features={k: g(v) for k, v in sorted(batch.features.items())},
+            entropies=g(batch.entropies),
+            logps=g(batch.logps),
+        )
+
+    def _local_rows(self, t: torch.Tensor | None, local_mask: torch.Tensor) -> torch.Tensor | None:
+        if t is None:
+            return None
+        b, T = local_mask.shape
+        rank = self.accelerator.process_index
+        t = t[rank * b : (rank + 1) * b]
+        return t[:, :T] if t.dim() == 2 else t
 
     # ------------------------------------------------------------------------------------------- logs
     def _global_mean(self, x: torch.Tensor, m: torch.Tensor) -> float:
@@ -361,7 +487,9 @@ class CreditGRPOTrainer(GRPOTrainer):
         m = b["completion_mask"]
         self._metrics["train"]["diag/kl"].append(self._global_mean(kl, m))
         self._log_binned("kl", kl, m)
-        if b.get("decisive") is not None:  # credit localization: share of the policy change on decisive tokens
+        if (
+            b.get("decisive") is not None
+        ):  # credit localization: share of the policy change on decisive tokens
             self._log_share("loc/kl_share", kl, b["decisive"], m)
 
 

@@ -64,7 +64,9 @@ def test_sweep_grids_compose(grid):
 
 def test_defaults():
     cfg = compose([])
-    assert cfg.method.name == "grpo" and cfg.schedule.name == "linear" and cfg.trainer.loss_type == "grpo"
+    assert (
+        cfg.method.name == "grpo" and cfg.schedule.name == "linear" and cfg.trainer.loss_type == "token_mean"
+    )
     assert cfg.tracking.name == "mlflow" and cfg.model.name_or_path is None
 
 
@@ -73,7 +75,11 @@ def test_loss_presets_patch_the_trainer():
     assert dr.loss_type == "dr_grpo" and dr.scale_rewards == "none"  # both Dr.GRPO fixes, not only the loss
     dapo = compose(["loss=dapo"]).trainer
     assert (dapo.epsilon, dapo.epsilon_high, dapo.loss_type) == (0.2, 0.28, "dapo")
-    assert dapo.mask_truncated_completions and dapo.filter_zero_std_groups and dapo.soft_overlong_cache
+    # the DAPO recipe: soft overlong penalty WITHOUT overlong filtering (else truncated samples never get it)
+    assert dapo.filter_zero_std_groups and dapo.soft_overlong_cache and not dapo.mask_truncated_completions
+    tm = compose(["loss=token_mean"]).trainer
+    assert tm.loss_type == "token_mean" and tm.epsilon_high is None
+    assert compose(["loss=opmd"]).trainer.loss_type == "opmd"
     gspo = compose(["loss=gspo"]).trainer
     assert gspo.importance_sampling_level == "sequence" and gspo.epsilon == 3e-4 and gspo.epsilon_high == 4e-4
     # a command-line value still wins over the preset
@@ -124,3 +130,26 @@ def test_sweep_grid_options_exist(grid):
             for choice in choices:
                 assert (CONF / key / f"{choice}.yaml").exists(), f"{grid}: {key}={choice} is not an option"
     assert n_jobs >= 2
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "grpo",
+        "tp_schedule",
+        "entropy_adv_static",
+        "entropy_adv_schedule",
+        "forking_static",
+        "forking_schedule",
+    ],
+)
+def test_table1_grpo_backbone_rows_train_with_token_mean(row):
+    """RLVR-Schedule trains every row with loss_agg_mode=token-mean (run_schedule_4b.sh:97)."""
+    cfg = compose([f"experiment=table1/{row}"])
+    assert cfg.trainer.loss_type == "token_mean"
+
+
+@pytest.mark.parametrize("row", ["tp_schedule", "gspo_tp_schedule"])
+def test_table1_tp_rows_score_only_the_suffix(row):
+    cfg = compose([f"experiment=table1/{row}"])
+    assert cfg.method.credit.tp_schedule.reward_on == "suffix"

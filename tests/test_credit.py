@@ -188,12 +188,22 @@ def test_top_entropy_per_sequence(keep, expected):
     assert_close(got, f32(expected))
 
 
-def test_top_entropy_per_sequence_exact_ceil():
-    # k = ceil(100·0.3) = 30 exactly (the authors' float32 `(L.float()*r).ceil()` would give 31)
-    ent = torch.linspace(1.0, 2.0, 100).unsqueeze(0)
-    got = top_entropy_mask(ent, torch.ones(1, 100), 0.3, "per_sequence")
-    assert int(got.sum()) == 30
-    assert_close(got[0, 70:], torch.ones(30))  # the 30 largest entropies are the last 30
+@pytest.mark.parametrize(
+    "keep, L, k",
+    [
+        (0.3, 100, 31),  # float32(100)·0.3 = 30.000002 → 31 (float64 gives 30)
+        (1 - 0.99, 100, 1),  # the issue's case: ρ = 0.99 → keep 0.010000000000000009; float64 gives 2
+        (0.5, 7, 4),
+        (1.0, 5, 5),
+    ],
+)
+def test_top_entropy_per_sequence_float32_ceil_as_authors(keep, L, k):
+    """k_i = (n.float() * r).ceil() in float32, as RLVR-Schedule ray_trainer.py:150."""
+    assert int((torch.tensor([float(L)], dtype=torch.float32) * keep).ceil()) == k  # the authors' expression
+    ent = torch.linspace(1.0, 2.0, L).unsqueeze(0)
+    got = top_entropy_mask(ent, torch.ones(1, L), keep, "per_sequence")
+    assert int(got.sum()) == k
+    assert_close(got[0, L - k :], torch.ones(k))  # the k largest entropies are the last k
 
 
 @pytest.mark.parametrize(
@@ -359,7 +369,15 @@ def test_adora_advantageous():
         # (success, lengths, truncated, expected TAS)
         ([1, 0, 0, 1], [10, 6, 8, 4], [0, 0, 0, 0], True),  # max C = 10 > mean W = 7
         ([1, 0, 0, 0], [5, 6, 8, 7], [0, 0, 0, 0], False),  # 5 > 7 is false → λ
-        ([0, 0, 0, 0], [3, 4, 5, 6], [0, 0, 0, 0], True),  # no correct response: kept (spec: VL rule)
+        # no correct response: scaled by λ, as the released code (max over no correct = −inf) — the old
+        # crs kept it at 1
+        ([0, 0, 0, 0], [3, 4, 5, 6], [0, 0, 0, 0], False),
+        (
+            [0, 0, 0, 0],
+            [20, 20, 20, 20],
+            [1, 1, 1, 1],
+            False,
+        ),  # nothing correct, all truncated: −inf > −inf false
         ([0, 1, 0, 0], [20, 3, 20, 20], [1, 0, 1, 1], True),  # all wrong ones truncated: not comparable, kept
         # truncated wrong ones are excluded: 9 > (4 + 6)/2; counting the truncated 20 would give 9 > 10
         ([1, 0, 0, 0], [9, 20, 4, 6], [0, 1, 0, 0], True),
@@ -617,7 +635,16 @@ def test_chain_suffix_reward_withhold():
         {"tp_schedule": {"withhold": 1.0, "reward_on": "suffix", "drive": {"knob": "withhold"}}}
     )
     assert_close(chain.suffix_reward_withhold(0.3), 0.3, rtol=0.0, atol=1e-12)
-    assert CreditChain({"tp_schedule": {"withhold": 1.0}}).suffix_reward_withhold(0.3) is None
+    # suffix is the default (the released code); full never cuts
+    assert (
+        CreditChain({"tp_schedule": {"withhold": 1.0}}).suffix_reward_withhold(0.3) == 1.0
+    )  # undriven: the value itself
+    driven = {"withhold": 1.0, "drive": {"knob": "withhold", "neutral": 0.0}}
+    assert_close(CreditChain({"tp_schedule": driven}).suffix_reward_withhold(0.3), 0.3, rtol=0.0, atol=1e-12)
+    assert (
+        CreditChain({"tp_schedule": {"withhold": 1.0, "reward_on": "full"}}).suffix_reward_withhold(0.3)
+        is None
+    )
 
 
 CHAIN = {

@@ -45,7 +45,9 @@ def _turns(anchors, rewards, valid=None, outcome=None, group_size=2, calls=None,
         valid=v,
         has_call=tm.clone(),
         anchor=an,
-        outcome=torch.tensor(outcome if outcome is not None else [sum(x) for x in rewards], dtype=torch.float32),
+        outcome=torch.tensor(
+            outcome if outcome is not None else [sum(x) for x in rewards], dtype=torch.float32
+        ),
         success=torch.tensor(success if success is not None else [False] * N),
         calls=calls or [],
         gold_calls=gold or [[] for _ in range(N)],
@@ -65,16 +67,37 @@ def test_turn_index_and_broadcast():
 
 
 def test_steps_to_turns_several_calls_per_turn():
-    msgs = [{"role": "assistant"}, {"role": "tool"}, {"role": "tool"}, {"role": "assistant"}, {"role": "tool"}, {"role": "assistant"}]
+    msgs = [
+        {"role": "assistant"},
+        {"role": "tool"},
+        {"role": "tool"},
+        {"role": "assistant"},
+        {"role": "tool"},
+        {"role": "assistant"},
+    ]
     assert steps_to_turns(msgs) == [0, 0, 1]
 
 
 def test_build_turn_batch_anchors_rewards_validity():
     s = lambda a, r, ok=True: StepRecord(a, "move", {"direction": "up"}, ok, r)  # noqa: E731
     rows = [
-        {"n_turns": 3, "steps": [s("A", -0.1), s("B", 0.9)], "step_turns": [0, 1], "final_anchor": "G", "outcome": 0.8, "success": True},
+        {
+            "n_turns": 3,
+            "steps": [s("A", -0.1), s("B", 0.9)],
+            "step_turns": [0, 1],
+            "final_anchor": "G",
+            "outcome": 0.8,
+            "success": True,
+        },
         # two calls in turn 0 (summed, validity ANDed, anchor = the first call's)
-        {"n_turns": 2, "steps": [s("A", -0.1), s("C", -0.1, False)], "step_turns": [0, 0], "final_anchor": "C", "outcome": -0.2, "success": False},
+        {
+            "n_turns": 2,
+            "steps": [s("A", -0.1), s("C", -0.1, False)],
+            "step_turns": [0, 0],
+            "final_anchor": "C",
+            "outcome": -0.2,
+            "success": False,
+        },
     ]
     tb = build_turn_batch(rows, group_size=2)
     assert tb.turn_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
@@ -115,7 +138,9 @@ REWARDS = [[0.0, 0.0, 1.0], [0.0, 0.0]]
 
 def test_gigpo_two_levels_mean_norm():
     tb = _turns(ANCHORS, REWARDS)
-    A, A_E, A_S = gigpo_advantages(tb, omega=1.0, gamma=0.5, mode="mean_norm", episode_stats="steps", invalid_penalty=0.0)
+    A, A_E, A_S = gigpo_advantages(
+        tb, omega=1.0, gamma=0.5, mode="mean_norm", episode_stats="steps", invalid_penalty=0.0
+    )
     # episode: scores over all 5 units (1,1,1,0,0), mean 0.6
     assert torch.allclose(A_E, torch.tensor([[0.4, 0.4, 0.4], [-0.6, -0.6, 0.0]]), atol=1e-6)
     # steps: G = (0.25, 0.5, 1) and (0, 0); anchor A = {0.25, 0} -> ±0.125; singletons -> 0
@@ -133,7 +158,9 @@ def test_gigpo_mean_std_norm_and_trajectory_stats():
     assert A_E[1, 0].item() == pytest.approx(-0.6 / (sd_e + 1e-6), rel=1e-5)
     sd_a = math.sqrt(0.03125)  # unbiased std of (0.25, 0)
     assert A_S[0, 0].item() == pytest.approx(0.125 / (sd_a + 1e-6), rel=1e-5)
-    _, A_E_t, _ = gigpo_advantages(tb, gamma=0.5, mode="mean_norm", episode_stats="trajectories", invalid_penalty=0.0)
+    _, A_E_t, _ = gigpo_advantages(
+        tb, gamma=0.5, mode="mean_norm", episode_stats="trajectories", invalid_penalty=0.0
+    )
     assert torch.allclose(A_E_t, torch.tensor([[0.5, 0.5, 0.5], [-0.5, -0.5, 0.0]]))
 
 
@@ -175,7 +202,12 @@ def test_call_similarity():
 
 def test_hard_matching_duplicates_and_unmatched():
     gold = [_c("add", a=3, b=4), _c("sub", a=7, b=2)]
-    pred = [("add", {"a": 3, "b": 4}), ("add", {"a": 3, "b": 4}), ("sub", {"a": 7, "b": 1}), ("mul", {"a": 1, "b": 1})]
+    pred = [
+        ("add", {"a": 3, "b": 4}),
+        ("add", {"a": 3, "b": 4}),
+        ("sub", {"a": 7, "b": 1}),
+        ("mul", {"a": 1, "b": 1}),
+    ]
     # the duplicate gets nothing (each gold call is matched once), mul matches nothing
     assert match_rewards(pred, gold) == pytest.approx([1.0, 0.0, 0.75, 0.0])
     assert match_rewards(pred, gold, unmatched_penalty=-0.5) == pytest.approx([1.0, -0.5, 0.75, -0.5])
@@ -207,7 +239,13 @@ def test_matchtir_turn_rewards_and_dual_advantage():
         # ep1: sub(7,2) | answer (wrong)
         [[("sub", {"a": 7, "b": 2})], []],
     ]
-    tb = _turns([["x", "y", "z"], ["x", "w"]], [[0, 0, 0], [0, 0]], calls=calls, gold=[gold, gold], success=[True, False])
+    tb = _turns(
+        [["x", "y", "z"], ["x", "w"]],
+        [[0, 0, 0], [0, 0]],
+        calls=calls,
+        gold=[gold, gold],
+        success=[True, False],
+    )
     r = turn_rewards(tb)
     assert torch.allclose(r, torch.tensor([[1.0, 0.375, 1.0], [1.0, 0.0, 0.0]]))
     A, _ = matchtir_advantages(tb, lam=0.9)
@@ -218,5 +256,10 @@ def test_matchtir_turn_rewards_and_dual_advantage():
     # turn groups (prompt, turn index): turns 0 and 1 have two members, turn 2 is a singleton (raw G)
     t0 = (torch.tensor([G0[0], G1[0]]) - (G0[0] + G1[0]) / 2) / (torch.tensor([G0[0], G1[0]]).std() + 1e-6)
     t1 = (torch.tensor([G0[1], G1[1]]) - (G0[1] + G1[1]) / 2) / (torch.tensor([G0[1], G1[1]]).std() + 1e-6)
-    exp = torch.tensor([[(a_traj[0] + t0[0]) / 2, (a_traj[0] + t1[0]) / 2, (a_traj[0] + G0[2]) / 2], [(a_traj[1] + t0[1]) / 2, (a_traj[1] + t1[1]) / 2, 0.0]])
+    exp = torch.tensor(
+        [
+            [(a_traj[0] + t0[0]) / 2, (a_traj[0] + t1[0]) / 2, (a_traj[0] + G0[2]) / 2],
+            [(a_traj[1] + t0[1]) / 2, (a_traj[1] + t1[1]) / 2, 0.0],
+        ]
+    )
     assert torch.allclose(A, exp, atol=1e-5)

@@ -104,7 +104,7 @@ def test_bifurcation_reward_and_decisive_spans():
     comps = [" 7+5=12, 12-3=8. Answer: 8", " 7+5=13, 13-3=10. Answer: 10", " Answer: 9", " 7+6=13, 13-3=10."]
     assert first_step_reward([p] * 4, comps) == [1.0, 0.0, 0.0, 0.0]
     c = comps[0]
-    (s, e), = decisive_spans(c, {"prompt": p})
+    ((s, e),) = decisive_spans(c, {"prompt": p})
     assert c[s:e] == "12" and s == 5
     assert decisive_spans(comps[2], {"prompt": p}) == []
 
@@ -149,7 +149,16 @@ def _pure_expected(form):
 def test_pure_token_baseline_vr_and_return(form):
     g0, g1 = _pure_expected(form)
     p = torch.tensor([[0.5, -0.5], [1.0, 0.2]])
-    A = pure_advantages(p, steps(), MASK.float(), torch.tensor([True, False]), 2, form=form, mask_separator=False, whiten=False)
+    A = pure_advantages(
+        p,
+        steps(),
+        MASK.float(),
+        torch.tensor([True, False]),
+        2,
+        form=form,
+        mask_separator=False,
+        whiten=False,
+    )
     assert_close(A, torch.tensor([g0, g1]))
     # separators and the last token get advantage 0
     A = pure_advantages(p, steps(), MASK.float(), torch.tensor([True, False]), 2, form=form, whiten=False)
@@ -161,10 +170,17 @@ def test_pure_whitening_over_nonzero_tokens():
     g0, g1 = _pure_expected("softmin")
     nz = [g0[0], g0[1], g0[3], g0[4], g1[0], g1[2]]
     m = sum(nz) / 6
-    var = (sum((x - m) ** 2 for x in nz) + 4 * m**2) / 6  # zero-advantage valid positions count in the variance
+    var = (
+        sum((x - m) ** 2 for x in nz) + 4 * m**2
+    ) / 6  # zero-advantage valid positions count in the variance
     s = 1 / math.sqrt(var)
-    expected = [[(g0[0] - m) * s, (g0[1] - m) * s, 0, (g0[3] - m) * s, (g0[4] - m) * s, 0], [(g1[0] - m) * s, 0, (g1[2] - m) * s, 0, 0, 0]]
-    A = pure_advantages(torch.tensor([[0.5, -0.5], [1.0, 0.2]]), steps(), MASK.float(), torch.tensor([True, False]), 2)
+    expected = [
+        [(g0[0] - m) * s, (g0[1] - m) * s, 0, (g0[3] - m) * s, (g0[4] - m) * s, 0],
+        [(g1[0] - m) * s, 0, (g1[2] - m) * s, 0, 0, 0],
+    ]
+    A = pure_advantages(
+        torch.tensor([[0.5, -0.5], [1.0, 0.2]]), steps(), MASK.float(), torch.tensor([True, False]), 2
+    )
     assert_close(A, torch.tensor(expected))
 
 
@@ -176,7 +192,17 @@ def test_pure_strict_min_form_and_return_baseline():
     b0 = sum(G1) / (1 * 6)  # (Σ_group ΣG − ΣG_i)/((n−1)·N), N = 6
     b1 = sum(G0) / (1 * 6)
     expected = [[g - b0 for g in G0], [g - b1 for g in G1] + [0, 0]]
-    A = pure_advantages(p, steps(), MASK.float(), torch.tensor([True, False]), 2, form="strict", vr_coef=0.0, mask_separator=False, whiten=False)
+    A = pure_advantages(
+        p,
+        steps(),
+        MASK.float(),
+        torch.tensor([True, False]),
+        2,
+        form="strict",
+        vr_coef=0.0,
+        mask_separator=False,
+        whiten=False,
+    )
     assert_close(A, torch.tensor(expected))
 
 
@@ -242,7 +268,12 @@ def test_oprl_step_rewards_dpo_loss_and_advantages():
     vals = [0.025, -0.05, -0.025, 0.05]
     m = sum(vals) / 4
     sd = math.sqrt(sum((v - m) ** 2 for v in vals) / 3)
-    assert_close(AS, torch.tensor([[(0.025 - m) / sd, (-0.05 - m) / sd], [(-0.025 - m) / sd, (0.05 - m) / sd]]), atol=1e-4, rtol=1e-4)
+    assert_close(
+        AS,
+        torch.tensor([[(0.025 - m) / sd, (-0.05 - m) / sd], [(-0.025 - m) / sd, (0.05 - m) / sd]]),
+        atol=1e-4,
+        rtol=1e-4,
+    )
     # |reverse cumsum| per row: row0 [|−0.025|, 0.05], row1 [0.025, 0.05] → max 0.05
     assert_close(batch_max_norm(r, valid), r / (0.05 + 1e-6))
 

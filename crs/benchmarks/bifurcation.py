@@ -31,9 +31,9 @@ from datasets import Dataset
 
 from crs.benchmarks import Benchmark, register_benchmark
 from crs.benchmarks.arithmetic import (
+    _STEP_RE,
     PROMPT_TEMPLATE,
     ArithmeticConfig,
-    _STEP_RE,
     _text,
     eval_problems,
     sample_problems,
@@ -68,7 +68,9 @@ def first_step_reward(
     **kwargs: Any,
 ) -> list[float]:
     """TRL reward: 1.0 iff the first written step is the prompt's first operation, computed right."""
-    scores = [1.0 if first_step(_text(c), _text(p))[0] else 0.0 for p, c in zip(prompts, completions, strict=True)]
+    scores = [
+        1.0 if first_step(_text(c), _text(p))[0] else 0.0 for p, c in zip(prompts, completions, strict=True)
+    ]
     if log_metric is not None and scores:
         log_metric("accuracy", sum(scores) / len(scores))
     return scores

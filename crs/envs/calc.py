@@ -81,7 +81,9 @@ class CalcEnv(TurnEnv):
     def _call(self, name: str, a: Any, b: Any, fn: Callable[[int, int], int]) -> str:
         self.moves += 1
         anchor = f"call{len(self.steps)}"
-        valid = isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool)
+        valid = (
+            isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and not isinstance(b, bool)
+        )
         if not valid or self.moves > self.cfg.max_turns:
             self._log(StepRecord(anchor, name, {"a": a, "b": b}, valid=False, reward=0.0))
             return "error"
@@ -128,7 +130,9 @@ def final_answer(completion: Any) -> str | None:
     return m.group(1) if m else None
 
 
-def correct_reward(completions: list[Any], answer: list[Any], log_metric: Callable | None = None, **kw) -> list[float]:
+def correct_reward(
+    completions: list[Any], answer: list[Any], log_metric: Callable | None = None, **kw
+) -> list[float]:
     """Verifier: 1.0 iff the final message is ``Answer: <gold>``."""
     scores = [1.0 if final_answer(c) == str(a) else 0.0 for c, a in zip(completions, answer, strict=True)]
     if log_metric is not None and scores:
@@ -143,7 +147,9 @@ def _tc(name: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "arguments": args}}
 
 
-def expert_messages(expr: str, gold: list[dict[str, Any]], answer: int, rng: random.Random, error_rate: float) -> list[dict]:
+def expert_messages(
+    expr: str, gold: list[dict[str, Any]], answer: int, rng: random.Random, error_rate: float
+) -> list[dict]:
     """Gold trace with slips: with prob. ``error_rate`` a call gets a wrong operand (the chain continues
     from the wrong result) — so the final answer is wrong whenever a slip happened."""
     msgs: list[dict[str, Any]] = [{"role": "user", "content": f"calc {expr}"}]
@@ -196,7 +202,10 @@ def build(cfg_map: Mapping[str, Any], seed: int):
 
     def sft(n: int, s: int, err: float):
         rng = random.Random(f"calc-sft-{s}")
-        return [expert_messages(e, c, a, rng, err) for e, c, a in _problems(cfg, n, f"calc-sftp-{s}", exclude=ev_exprs)]
+        return [
+            expert_messages(e, c, a, rng, err)
+            for e, c, a in _problems(cfg, n, f"calc-sftp-{s}", exclude=ev_exprs)
+        ]
 
     return Benchmark(
         name="calc_tool",

@@ -69,7 +69,8 @@ def render(messages: list[dict[str, Any]], add_generation_prompt: bool = False) 
         role = m["role"]
         if role == "assistant":
             calls = "".join(
-                format_call(tc["function"]["name"], tc["function"]["arguments"]) for tc in m.get("tool_calls") or []
+                format_call(tc["function"]["name"], tc["function"]["arguments"])
+                for tc in m.get("tool_calls") or []
             )
             out.append(f"<|assistant|>{m.get('content', '')}{calls}</s>")
         else:
@@ -92,7 +93,10 @@ def install_chat_format(tokenizer):
 
 def ensure_response_template(tokenizer):
     """Re-attach the response template after ``from_pretrained`` when the chat template is crs's own."""
-    if getattr(tokenizer, "chat_template", None) == CHAT_TEMPLATE and getattr(tokenizer, "response_template", None) is None:
+    if (
+        getattr(tokenizer, "chat_template", None) == CHAT_TEMPLATE
+        and getattr(tokenizer, "response_template", None) is None
+    ):
         tokenizer.response_template = RESPONSE_TEMPLATE
     return tokenizer
 

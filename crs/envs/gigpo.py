@@ -31,7 +31,14 @@ import torch
 from torch import Tensor
 
 from crs.credit import register_credit
-from crs.envs.turns import TurnBatch, TurnCredit, discounted_returns, grouped_norm, register_turn_method, turn_advantages
+from crs.envs.turns import (
+    TurnBatch,
+    TurnCredit,
+    discounted_returns,
+    grouped_norm,
+    register_turn_method,
+    turn_advantages,
+)
 
 MODES = ("mean_norm", "mean_std_norm")
 

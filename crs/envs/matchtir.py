@@ -36,7 +36,14 @@ import torch
 from torch import Tensor
 
 from crs.credit import register_credit
-from crs.envs.turns import TurnBatch, TurnCredit, discounted_returns, grouped_norm, register_turn_method, turn_advantages
+from crs.envs.turns import (
+    TurnBatch,
+    TurnCredit,
+    discounted_returns,
+    grouped_norm,
+    register_turn_method,
+    turn_advantages,
+)
 
 Call = tuple[str, dict[str, Any]]
 
@@ -62,11 +69,18 @@ def call_similarity(pred: Call, gold: dict[str, Any]) -> float:
 
 
 def similarity_matrix(pred: list[Call], gold: list[dict[str, Any]]) -> np.ndarray:
-    return np.array([[call_similarity(p, g) for g in gold] for p in pred], dtype=np.float64).reshape(len(pred), len(gold))
+    return np.array([[call_similarity(p, g) for g in gold] for p in pred], dtype=np.float64).reshape(
+        len(pred), len(gold)
+    )
 
 
 def match_rewards(
-    pred: list[Call], gold: list[dict[str, Any]], kind: str = "hard", assignment: str = "hungarian", unmatched_penalty: float = 0.0, reg: float = 0.1
+    pred: list[Call],
+    gold: list[dict[str, Any]],
+    kind: str = "hard",
+    assignment: str = "hungarian",
+    unmatched_penalty: float = 0.0,
+    reg: float = 0.1,
 ) -> list[float]:
     """Reward of each predicted call (in order) from its match to the gold calls.
 
@@ -121,7 +135,13 @@ def assign(S: np.ndarray, assignment: str = "hungarian", unmatched_penalty: floa
     return out
 
 
-def turn_rewards(turns: TurnBatch, kind: str = "hard", assignment: str = "hungarian", unmatched_penalty: float = 0.0, reg: float = 0.1) -> Tensor:
+def turn_rewards(
+    turns: TurnBatch,
+    kind: str = "hard",
+    assignment: str = "hungarian",
+    unmatched_penalty: float = 0.0,
+    reg: float = 0.1,
+) -> Tensor:
     """``[N,K]`` MatchTIR turn rewards: mean matched score of a turn's calls; the final turn without
     calls gets the outcome (1/0)."""
     N, K = turns.turn_mask.shape
@@ -142,7 +162,14 @@ def turn_rewards(turns: TurnBatch, kind: str = "hard", assignment: str = "hungar
     return r
 
 
-def matchtir_advantages(turns: TurnBatch, kind: str = "hard", assignment: str = "hungarian", lam: float = 0.9, unmatched_penalty: float = 0.0, reg: float = 0.1) -> tuple[Tensor, Tensor]:
+def matchtir_advantages(
+    turns: TurnBatch,
+    kind: str = "hard",
+    assignment: str = "hungarian",
+    lam: float = 0.9,
+    unmatched_penalty: float = 0.0,
+    reg: float = 0.1,
+) -> tuple[Tensor, Tensor]:
     """``(A [N,K], turn rewards [N,K])``: ``(A^traj + A^turn)/2`` per turn (``core_algos.py`` l.111-243)."""
     m = turns.turn_mask
     r = turn_rewards(turns, kind, assignment, unmatched_penalty, reg) * m
@@ -171,7 +198,14 @@ def _matchtir_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
 
 
 @register_credit("matchtir")
-def matchtir(batch, kind: str = "hard", assignment: str = "hungarian", lam: float = 0.9, unmatched_penalty: float = 0.0, reg: float = 0.1):
+def matchtir(
+    batch,
+    kind: str = "hard",
+    assignment: str = "hungarian",
+    lam: float = 0.9,
+    unmatched_penalty: float = 0.0,
+    reg: float = 0.1,
+):
     """MatchTIR (arXiv 2601.10712): turn rewards from matching predicted to gold tool calls; dual-level advantage."""
     if kind not in ("hard", "soft") or assignment not in ("hungarian", "greedy") or reg <= 0:
         from crs.errors import ConfigError

@@ -49,7 +49,9 @@ class MazeTask:
             row = ""
             for c in range(self.n):
                 cell = (r, c)
-                row += "A" if cell == pos else "G" if cell == self.goal else "#" if cell in self.walls else "."
+                row += (
+                    "A" if cell == pos else "G" if cell == self.goal else "#" if cell in self.walls else "."
+                )
             rows.append(row)
         return "\n".join(rows)
 
@@ -68,7 +70,12 @@ class MazeTask:
             cur = q.popleft()
             for d in DIRS.values():
                 nxt = (cur[0] + d[0], cur[1] + d[1])
-                if 0 <= nxt[0] < self.n and 0 <= nxt[1] < self.n and nxt not in self.walls and nxt not in dist:
+                if (
+                    0 <= nxt[0] < self.n
+                    and 0 <= nxt[1] < self.n
+                    and nxt not in self.walls
+                    and nxt not in dist
+                ):
                     dist[nxt] = dist[cur] + 1
                     q.append(nxt)
         return dist
@@ -202,7 +209,11 @@ def sft_conversations(cfg: MazeConfig, n: int, seed: int, error_rate: float) -> 
         t = rng.randrange(10**9)
         if t in eval_ids:
             continue
-        out.append(expert_messages(make_task(t, cfg.size, cfg.min_walls, cfg.max_walls, cfg.min_dist), cfg, rng, error_rate))
+        out.append(
+            expert_messages(
+                make_task(t, cfg.size, cfg.min_walls, cfg.max_walls, cfg.min_dist), cfg, rng, error_rate
+            )
+        )
     return out
 
 
@@ -211,7 +222,9 @@ def eval_tasks(cfg: MazeConfig) -> list[int]:
     return [rng.randrange(10**9) for _ in range(cfg.n_eval)]
 
 
-def success_reward(environments: list[MazeEnv] | None = None, log_metric: Callable | None = None, **kw) -> list[float]:
+def success_reward(
+    environments: list[MazeEnv] | None = None, log_metric: Callable | None = None, **kw
+) -> list[float]:
     """Verifier: 1.0 iff the episode reached the goal."""
     scores = [1.0 if e.success else 0.0 for e in environments or []]
     if log_metric is not None and scores:

@@ -1,4 +1,6 @@
 """Imports the turn-level methods so their credit steps register (``crs.credit`` imports this)."""
 
-from crs.envs import gigpo  # noqa: F401
-from crs.envs import matchtir  # noqa: F401
+from crs.envs import (
+    gigpo,  # noqa: F401
+    matchtir,  # noqa: F401
+)

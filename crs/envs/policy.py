@@ -96,15 +96,23 @@ def build_policy(pcfg: EnvPolicyConfig, bench, show_progress: bool = False):
         )
         model = Qwen2ForCausalLM(mcfg)
         gc = model.generation_config
-        gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+        gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = (
+            tok.bos_token_id,
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
         prompts = [render(c[:1], add_generation_prompt=True) for c in convs]
-        completions = [t[len(p) - len("<|assistant|>") :].removeprefix("<|assistant|>") for t, p in zip(texts, prompts)]
+        completions = [
+            t[len(p) - len("<|assistant|>") :].removeprefix("<|assistant|>") for t, p in zip(texts, prompts)
+        ]
         ds = Dataset.from_dict({"prompt": prompts, "completion": completions})
         callbacks = []
         if show_progress:
             from crs.progress import RichProgressCallback, fmt
 
-            callbacks.append(RichProgressCallback("env policy SFT", stats=lambda s: f"loss {fmt(s.get('loss'))}"))
+            callbacks.append(
+                RichProgressCallback("env policy SFT", stats=lambda s: f"loss {fmt(s.get('loss'))}")
+            )
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="crs-envsft-") as tmp:
             args = SFTConfig(
@@ -128,7 +136,9 @@ def build_policy(pcfg: EnvPolicyConfig, bench, show_progress: bool = False):
                 save_strategy="no",
                 disable_tqdm=True,
             )
-            trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=callbacks)
+            trainer = SFTTrainer(
+                model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=callbacks
+            )
             trainer.remove_callback(PrinterCallback)
             trainer.train()
         model = trainer.model
@@ -141,7 +151,16 @@ def build_policy(pcfg: EnvPolicyConfig, bench, show_progress: bool = False):
 # a small rollout loop (evaluation after SFT; TRL's loop is used for training)
 
 
-def play(model, tok, bench, rows: list[dict[str, Any]], k: int = 1, temperature: float = 1.0, max_new_tokens: int = 24, seed: int = 0):
+def play(
+    model,
+    tok,
+    bench,
+    rows: list[dict[str, Any]],
+    k: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+):
     """Run ``k`` episodes per row; returns a list of finished environments (``.success``, ``.steps``)."""
     import inspect
 
@@ -164,18 +183,35 @@ def play(model, tok, bench, rows: list[dict[str, Any]], k: int = 1, temperature:
                 msgs[-1]["content"] += obs
             envs.append(env)
             convs.append(msgs)
-    tools = {n: getattr(type(envs[0]), n) for n, _ in inspect.getmembers(type(envs[0]), predicate=inspect.isfunction) if n not in ("reset", "get_reward") and not n.startswith("_")}
+    tools = {
+        n: getattr(type(envs[0]), n)
+        for n, _ in inspect.getmembers(type(envs[0]), predicate=inspect.isfunction)
+        if n not in ("reset", "get_reward") and not n.startswith("_")
+    }
     active = list(range(len(envs)))
     model.eval()
     for _turn in range(max_turns + 1):
         if not active:
             break
-        ids = [tok.apply_chat_template(convs[i], add_generation_prompt=True, tokenize=True, return_dict=False) for i in active]
+        ids = [
+            tok.apply_chat_template(convs[i], add_generation_prompt=True, tokenize=True, return_dict=False)
+            for i in active
+        ]
         width = max(map(len, ids))
         inp = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
-        att = (torch.arange(width).unsqueeze(0) >= torch.tensor([width - len(x) for x in ids]).unsqueeze(1)).long()
+        att = (
+            torch.arange(width).unsqueeze(0) >= torch.tensor([width - len(x) for x in ids]).unsqueeze(1)
+        ).long()
         with torch.no_grad():
-            out = model.generate(input_ids=inp, attention_mask=att, do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            out = model.generate(
+                input_ids=inp,
+                attention_mask=att,
+                do_sample=True,
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         nxt = []
         for j, i in enumerate(active):
             gen = out[j, width:].tolist()
@@ -201,7 +237,9 @@ def play(model, tok, bench, rows: list[dict[str, Any]], k: int = 1, temperature:
     return envs
 
 
-def success_rate(model, tok, bench, n_tasks: int, k: int, seed: int = 0, temperature: float = 1.0) -> dict[str, float]:
+def success_rate(
+    model, tok, bench, n_tasks: int, k: int, seed: int = 0, temperature: float = 1.0
+) -> dict[str, float]:
     """pass@1 (mean success), pass@k and mean turns on the first ``n_tasks`` eval tasks."""
     rows = [bench.eval[i] for i in range(min(n_tasks, len(bench.eval)))]
     envs = play(model, tok, bench, rows, k=k, temperature=temperature, seed=seed)
@@ -211,11 +249,17 @@ def success_rate(model, tok, bench, n_tasks: int, k: int, seed: int = 0, tempera
         "pass@1": sum(succ) / len(succ),
         f"pass@{k}": sum(per_task) / len(per_task),
         "mean_tool_calls": sum(len(e.steps) for e in envs) / len(envs),
-        "valid_call_frac": sum(s.valid for e in envs for s in e.steps) / max(1, sum(len(e.steps) for e in envs)),
+        "valid_call_frac": sum(s.valid for e in envs for s in e.steps)
+        / max(1, sum(len(e.steps) for e in envs)),
     }
 
 
-def ensure_env_policy(policy_cfg: Mapping[str, Any] | None, bench_cfg: Mapping[str, Any], cache_dir: Path, show_progress: bool = True) -> Path:
+def ensure_env_policy(
+    policy_cfg: Mapping[str, Any] | None,
+    bench_cfg: Mapping[str, Any],
+    cache_dir: Path,
+    show_progress: bool = True,
+) -> Path:
     """``cache_dir/envpolicy-<key>``: built with :func:`build_policy` + :func:`success_rate` on a miss."""
     from crs.benchmarks import build_benchmark
 
@@ -233,7 +277,11 @@ def ensure_env_policy(policy_cfg: Mapping[str, Any] | None, bench_cfg: Mapping[s
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         t1 = time.perf_counter()
-        ev = success_rate(model, tok, bench, pcfg.eval_tasks, pcfg.eval_k, seed=pcfg.seed) if pcfg.eval_tasks else {}
+        ev = (
+            success_rate(model, tok, bench, pcfg.eval_tasks, pcfg.eval_k, seed=pcfg.seed)
+            if pcfg.eval_tasks
+            else {}
+        )
         report = {
             "builder_version": POLICY_VERSION,
             "policy": asdict(pcfg),

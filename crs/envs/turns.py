@@ -122,7 +122,12 @@ def turn_index(loss_mask: Tensor) -> Tensor:
 def broadcast_turns(values: Tensor, tok_turn: Tensor, fill: float = 0.0) -> Tensor:
     """``[B,K]`` per-turn values → ``[B,T]`` per token (``fill`` where ``tok_turn == −1``)."""
     if values.shape[1] == 0:
-        return torch.full(tok_turn.shape, fill, dtype=values.dtype if values.numel() else torch.float32, device=tok_turn.device)
+        return torch.full(
+            tok_turn.shape,
+            fill,
+            dtype=values.dtype if values.numel() else torch.float32,
+            device=tok_turn.device,
+        )
     k = tok_turn.clamp(min=0, max=values.shape[1] - 1)
     out = values.gather(1, k)
     return torch.where(tok_turn >= 0, out, torch.full_like(out, fill))
@@ -189,7 +194,15 @@ def build_turn_batch(rows: list[dict[str, Any]], group_size: int) -> TurnBatch:
 # statistics shared by the methods (pure)
 
 
-def grouped_norm(values: Tensor, keys: Tensor, valid: Tensor, mode: str, eps: float = 1e-6, singleton: str = "zero", unbiased: bool = True) -> Tensor:
+def grouped_norm(
+    values: Tensor,
+    keys: Tensor,
+    valid: Tensor,
+    mode: str,
+    eps: float = 1e-6,
+    singleton: str = "zero",
+    unbiased: bool = True,
+) -> Tensor:
     """Normalise ``values`` within groups of equal ``keys`` over entries where ``valid``.
 
     ``mode``: ``mean_norm`` (``x − μ``) or ``mean_std_norm`` (``(x − μ)/(σ + eps)``). ``singleton``:
@@ -235,7 +248,9 @@ def discounted_returns(reward: Tensor, turn_mask: Tensor, gamma: float) -> Tenso
 # the hook the trainer calls right after TRL's generation and scoring
 
 
-def _row_record(env, messages, tm_row: Tensor, cm_row: Tensor, outcome: float, success: bool) -> dict[str, Any]:
+def _row_record(
+    env, messages, tm_row: Tensor, cm_row: Tensor, outcome: float, success: bool
+) -> dict[str, Any]:
     n_turns = int(turn_index((cm_row * tm_row).unsqueeze(0)).max().item()) + 1
     step_turns = steps_to_turns(messages if isinstance(messages, list) else None)
     steps = list(getattr(env, "steps", []))[: len(step_turns)]
@@ -268,7 +283,14 @@ def turn_hook(trainer, inputs: list[dict[str, Any]], out: dict[str, Any]) -> dic
     off = rank * local_b
     comps = rollout.get("completions") or [None] * local_b
     local = [
-        _row_record(trainer.environments[i], comps[i], tm[i].cpu(), cm[i].cpu(), float(rewards[off + i]), bool(success[off + i]))
+        _row_record(
+            trainer.environments[i],
+            comps[i],
+            tm[i].cpu(),
+            cm[i].cpu(),
+            float(rewards[off + i]),
+            bool(success[off + i]),
+        )
         for i in range(local_b)
     ]
     rows = gather_object(local) if trainer.accelerator.num_processes > 1 else local
@@ -302,7 +324,9 @@ def turn_hook(trainer, inputs: list[dict[str, Any]], out: dict[str, Any]) -> dic
     sl = slice(off, off + local_b)
     extras["crs_turn_adv"] = broadcast_turns(credit.advantages[sl].float(), tok_turn).to(device)
     if credit.clip_scale is not None:
-        extras["crs_turn_clip"] = broadcast_turns(credit.clip_scale[sl].float(), tok_turn, fill=1.0).to(device)
+        extras["crs_turn_clip"] = broadcast_turns(credit.clip_scale[sl].float(), tok_turn, fill=1.0).to(
+            device
+        )
     return extras
 
 

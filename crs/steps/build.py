@@ -41,7 +41,14 @@ DEFAULT_SEPARATORS = (",", ".")
 
 def _key(kind: str, policy_path: str, benchmark: str, settings: Mapping[str, Any], separators) -> str:
     keep = {k: v for k, v in settings.items() if k not in ("path", "critiques", "vote", "temperature")}
-    payload = {"kind": kind, "policy": str(Path(policy_path).resolve()), "bench": benchmark, "s": keep, "sep": list(separators), "v": 1}
+    payload = {
+        "kind": kind,
+        "policy": str(Path(policy_path).resolve()),
+        "bench": benchmark,
+        "s": keep,
+        "sep": list(separators),
+        "v": 1,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -56,7 +63,16 @@ def _problems(n: int, kind: str, seed: int, eval_split: bool, task: Mapping[str,
 
 
 @torch.no_grad()
-def sample_labelled(policy_path: str, benchmark: str, n_prompts: int, k: int, seed: int, eval_split: bool, separators=DEFAULT_SEPARATORS, task=None):
+def sample_labelled(
+    policy_path: str,
+    benchmark: str,
+    n_prompts: int,
+    k: int,
+    seed: int,
+    eval_split: bool,
+    separators=DEFAULT_SEPARATORS,
+    task=None,
+):
     """Policy samples with rule labels: list of dicts ``prompt, prompt_ids, completion_ids, step_texts, labels``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,11 +90,21 @@ def sample_labelled(policy_path: str, benchmark: str, n_prompts: int, k: int, se
     for s in range(0, len(prompts), 256):
         chunk = prompts[s : s + 256]
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=48, pad_token_id=tok.pad_token_id)
+        gen = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=48,
+            pad_token_id=tok.pad_token_id,
+        )
         comp = gen[:, enc["input_ids"].shape[1] :]
         # valid = up to and including the first EOS
         is_eos = comp == tok.eos_token_id
-        first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((comp.shape[0],), comp.shape[1] - 1))
+        first = torch.where(
+            is_eos.any(1), is_eos.float().argmax(1), torch.full((comp.shape[0],), comp.shape[1] - 1)
+        )
         mask = (torch.arange(comp.shape[1]).unsqueeze(0) <= first.unsqueeze(1)).long()
         comp = comp.masked_fill(mask == 0, tok.pad_token_id)
         steps = segment_batch(comp, mask, sep)
@@ -159,20 +185,35 @@ def _prm_features(sample: Mapping[str, Any], step_token_id: int) -> dict[str, li
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-def build_prm(policy_path: str, benchmark: str, out_dir: Path, settings: Mapping[str, Any], separators=DEFAULT_SEPARATORS, seed: int = 0, task=None) -> dict[str, Any]:
+def build_prm(
+    policy_path: str,
+    benchmark: str,
+    out_dir: Path,
+    settings: Mapping[str, Any],
+    separators=DEFAULT_SEPARATORS,
+    seed: int = 0,
+    task=None,
+) -> dict[str, Any]:
     """Train the PRM into ``out_dir`` and return its report (see module docstring)."""
     from datasets import Dataset
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     from crs.embedded import _quiet
-    from crs.steps.scorers import PRMScorer
 
     s = {**PRMSettings().__dict__, **dict(settings)}
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(policy_path)
     tok.padding_side = "right"
     step_id = tok(s["step_token"], add_special_tokens=False).input_ids[0]
-    train = sample_labelled(policy_path, benchmark, s["n_prompts"], s["samples_per_prompt"], seed, False, separators, task)
+    train = sample_labelled(
+        policy_path, benchmark, s["n_prompts"], s["samples_per_prompt"], seed, False, separators, task
+    )
     ds = Dataset.from_list([_prm_features(x, step_id) for x in train])
     with _quiet():
         torch.manual_seed(seed)
@@ -180,24 +221,59 @@ def build_prm(policy_path: str, benchmark: str, out_dir: Path, settings: Mapping
         model.config.pad_token_id = tok.pad_token_id
         with tempfile.TemporaryDirectory() as tmp:
             args = TrainingArguments(
-                output_dir=tmp, max_steps=s["train_steps"], per_device_train_batch_size=32, learning_rate=s["lr"],
-                lr_scheduler_type="cosine", warmup_steps=20, weight_decay=0.0, logging_steps=50, save_strategy="no",
-                report_to="none", use_cpu=True, seed=seed, disable_tqdm=True, dataloader_num_workers=0,
+                output_dir=tmp,
+                max_steps=s["train_steps"],
+                per_device_train_batch_size=32,
+                learning_rate=s["lr"],
+                lr_scheduler_type="cosine",
+                warmup_steps=20,
+                weight_decay=0.0,
+                logging_steps=50,
+                save_strategy="no",
+                report_to="none",
+                use_cpu=True,
+                seed=seed,
+                disable_tqdm=True,
+                dataloader_num_workers=0,
             )
-            Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorForTokenClassification(tok)).train()
+            Trainer(
+                model=model,
+                args=args,
+                train_dataset=ds,
+                data_collator=DataCollatorForTokenClassification(tok),
+            ).train()
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(out_dir)
         tok.save_pretrained(out_dir)
     t_train = time.perf_counter() - t0
-    report = {"kind": "prm", "policy": policy_path, "benchmark": benchmark, "settings": s, "n_train_completions": len(train),
-              "train_wrong_frac": float(sum(1 for x in train for v in x["labels"] if v < 0.5) / max(1, sum(len(x["labels"]) for x in train))),
-              "build_time_s": t_train}
-    report["eval"] = evaluate_prm(str(out_dir), policy_path, benchmark, s["n_eval_prompts"], separators, task=task)
+    report = {
+        "kind": "prm",
+        "policy": policy_path,
+        "benchmark": benchmark,
+        "settings": s,
+        "n_train_completions": len(train),
+        "train_wrong_frac": float(
+            sum(1 for x in train for v in x["labels"] if v < 0.5)
+            / max(1, sum(len(x["labels"]) for x in train))
+        ),
+        "build_time_s": t_train,
+    }
+    report["eval"] = evaluate_prm(
+        str(out_dir), policy_path, benchmark, s["n_eval_prompts"], separators, task=task
+    )
     (out_dir / "crs_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def evaluate_prm(prm_path: str, policy_path: str, benchmark: str, n_prompts: int, separators=DEFAULT_SEPARATORS, seed: int = 1, task=None) -> dict[str, float]:
+def evaluate_prm(
+    prm_path: str,
+    policy_path: str,
+    benchmark: str,
+    n_prompts: int,
+    separators=DEFAULT_SEPARATORS,
+    seed: int = 1,
+    task=None,
+) -> dict[str, float]:
     """PRM vs the rule verifier on fresh policy samples of eval-split prompts (step precision/recall)."""
     from crs.steps.scorers import PRMScorer
 
@@ -223,7 +299,14 @@ def evaluate_prm(prm_path: str, policy_path: str, benchmark: str, n_prompts: int
     return step_prf(truth, pred)
 
 
-def ensure_prm(policy_path: str | None, benchmark: str, cache_dir: str | None, settings: Mapping[str, Any] | None = None, separators=DEFAULT_SEPARATORS, task=None) -> Path:
+def ensure_prm(
+    policy_path: str | None,
+    benchmark: str,
+    cache_dir: str | None,
+    settings: Mapping[str, Any] | None = None,
+    separators=DEFAULT_SEPARATORS,
+    task=None,
+) -> Path:
     """The cached PRM for ``(policy, benchmark, settings)``, built on first use."""
     policy_path = _policy(policy_path, cache_dir)
     s = {**PRMSettings().__dict__, **dict(settings or {})}
@@ -231,14 +314,24 @@ def ensure_prm(policy_path: str | None, benchmark: str, cache_dir: str | None, s
     if not (final / "crs_report.json").exists():
         from crs.progress import console
 
-        console.print(f"crs: building a PRM for {benchmark} from the policy's rule-labelled samples (once); cached in {final}")
+        console.print(
+            f"crs: building a PRM for {benchmark} from the policy's rule-labelled samples (once); cached in {final}"
+        )
     return _publish(final, lambda tmp: build_prm(policy_path, benchmark, tmp, s, separators, task=task))
 
 
 # -------------------------------------------------------------------------------------------------- judge
 
 
-def build_judge(policy_path: str, benchmark: str, out_dir: Path, settings: Mapping[str, Any], separators=DEFAULT_SEPARATORS, seed: int = 0, task=None) -> dict[str, Any]:
+def build_judge(
+    policy_path: str,
+    benchmark: str,
+    out_dir: Path,
+    settings: Mapping[str, Any],
+    separators=DEFAULT_SEPARATORS,
+    seed: int = 0,
+    task=None,
+) -> dict[str, Any]:
     """Fine-tune the policy into a critique writer (TRL ``SFTTrainer``) and return its report."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -249,9 +342,14 @@ def build_judge(policy_path: str, benchmark: str, out_dir: Path, settings: Mappi
 
     s = {**JudgeSettings().__dict__, **dict(settings)}
     t0 = time.perf_counter()
-    train = sample_labelled(policy_path, benchmark, s["n_prompts"], s["samples_per_prompt"], seed, False, separators, task)
+    train = sample_labelled(
+        policy_path, benchmark, s["n_prompts"], s["samples_per_prompt"], seed, False, separators, task
+    )
     rows = [
-        {"prompt": judge_prompt(x["prompt"], x["step_texts"]), "completion": judge_target([k for k, v in enumerate(x["labels"]) if v < 0.5])}
+        {
+            "prompt": judge_prompt(x["prompt"], x["step_texts"]),
+            "completion": judge_target([k for k, v in enumerate(x["labels"]) if v < 0.5]),
+        }
         for x in train
     ]
     with _quiet():
@@ -260,24 +358,66 @@ def build_judge(policy_path: str, benchmark: str, out_dir: Path, settings: Mappi
         model = AutoModelForCausalLM.from_pretrained(policy_path)
         with tempfile.TemporaryDirectory() as tmp:
             args = SFTConfig(
-                output_dir=tmp, max_steps=s["train_steps"], per_device_train_batch_size=32, learning_rate=s["lr"],
-                lr_scheduler_type="cosine", warmup_steps=20, logging_steps=50, completion_only_loss=True,
-                max_length=model.config.max_position_embeddings, packing=False, seed=seed, use_cpu=True, bf16=False,
-                activation_checkpointing=False, report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+                output_dir=tmp,
+                max_steps=s["train_steps"],
+                per_device_train_batch_size=32,
+                learning_rate=s["lr"],
+                lr_scheduler_type="cosine",
+                warmup_steps=20,
+                logging_steps=50,
+                completion_only_loss=True,
+                max_length=model.config.max_position_embeddings,
+                packing=False,
+                seed=seed,
+                use_cpu=True,
+                bf16=False,
+                activation_checkpointing=False,
+                report_to="none",
+                save_strategy="no",
+                disable_tqdm=True,
+                dataloader_num_workers=0,
             )
-            SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
+            SFTTrainer(
+                model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+            ).train()
         model.save_pretrained(out_dir)
         tok.save_pretrained(out_dir)
-    report = {"kind": "judge", "policy": policy_path, "benchmark": benchmark, "settings": s, "n_train_completions": len(train),
-              "build_time_s": time.perf_counter() - t0}
-    report["eval"] = {v: evaluate_judge(str(out_dir), policy_path, benchmark, s["n_eval_prompts"], int(s["critiques"]), v, separators, task=task)
-                      for v in ("majority", "intersection", "union", "average")}
+    report = {
+        "kind": "judge",
+        "policy": policy_path,
+        "benchmark": benchmark,
+        "settings": s,
+        "n_train_completions": len(train),
+        "build_time_s": time.perf_counter() - t0,
+    }
+    report["eval"] = {
+        v: evaluate_judge(
+            str(out_dir),
+            policy_path,
+            benchmark,
+            s["n_eval_prompts"],
+            int(s["critiques"]),
+            v,
+            separators,
+            task=task,
+        )
+        for v in ("majority", "intersection", "union", "average")
+    }
     (out_dir / "crs_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def evaluate_judge(judge_path: str, policy_path: str, benchmark: str, n_prompts: int, critiques: int = 4, vote_rule: str = "majority",
-                   separators=DEFAULT_SEPARATORS, seed: int = 1, task=None) -> dict[str, float]:
+def evaluate_judge(
+    judge_path: str,
+    policy_path: str,
+    benchmark: str,
+    n_prompts: int,
+    critiques: int = 4,
+    vote_rule: str = "majority",
+    separators=DEFAULT_SEPARATORS,
+    seed: int = 1,
+    task=None,
+) -> dict[str, float]:
     """Judge (k critiques, voted) vs the rule verifier on fresh samples of eval-split prompts."""
     from crs.steps.capo import vote
     from crs.steps.scorers import JudgeScorer, judge_prompt, parse_critique
@@ -301,15 +441,26 @@ def evaluate_judge(judge_path: str, policy_path: str, benchmark: str, n_prompts:
     return out
 
 
-def ensure_judge(policy_path: str | None, benchmark: str, cache_dir: str | None, settings: Mapping[str, Any] | None = None, separators=DEFAULT_SEPARATORS, task=None) -> Path:
+def ensure_judge(
+    policy_path: str | None,
+    benchmark: str,
+    cache_dir: str | None,
+    settings: Mapping[str, Any] | None = None,
+    separators=DEFAULT_SEPARATORS,
+    task=None,
+) -> Path:
     """The cached judge for ``(policy, benchmark, settings)``, built on first use."""
     policy_path = _policy(policy_path, cache_dir)
     s = {**JudgeSettings().__dict__, **dict(settings or {})}
-    final = _cache(cache_dir) / f"judge-{_key('judge', policy_path, benchmark, {**s, 'task': task}, separators)}"
+    final = (
+        _cache(cache_dir) / f"judge-{_key('judge', policy_path, benchmark, {**s, 'task': task}, separators)}"
+    )
     if not (final / "crs_report.json").exists():
         from crs.progress import console
 
-        console.print(f"crs: building a judge for {benchmark} from the policy's rule-labelled samples (once); cached in {final}")
+        console.print(
+            f"crs: building a judge for {benchmark} from the policy's rule-labelled samples (once); cached in {final}"
+        )
     return _publish(final, lambda tmp: build_judge(policy_path, benchmark, tmp, s, separators, task=task))
 
 

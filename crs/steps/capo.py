@@ -80,7 +80,9 @@ def capo_token_rewards(
     return (outcome.float().unsqueeze(1) * w_whole - pen * w_process) * mask
 
 
-def capo_advantages(R: Tensor, mask: Tensor, group_size: int, norm: str = "loo_token_mean", eps: float = 1e-4) -> Tensor:
+def capo_advantages(
+    R: Tensor, mask: Tensor, group_size: int, norm: str = "loo_token_mean", eps: float = 1e-4
+) -> Tensor:
     """Group-normalise token rewards (``[B,T]``, groups of ``group_size`` contiguous rows).
 
     ``loo_token_mean``: ``R_{i,t} − mean of R over all valid tokens of the group's *other* rollouts``;
@@ -88,7 +90,9 @@ def capo_advantages(R: Tensor, mask: Tensor, group_size: int, norm: str = "loo_t
     ``group_token_meanstd``: that, divided by the group's token std (+eps).
     """
     if norm not in ("loo_token_mean", "group_token_mean", "group_token_meanstd"):
-        raise ConfigError(f"capo.norm must be loo_token_mean, group_token_mean or group_token_meanstd, got {norm!r}")
+        raise ConfigError(
+            f"capo.norm must be loo_token_mean, group_token_mean or group_token_meanstd, got {norm!r}"
+        )
     mask = mask.float()
     B, T = R.shape
     s = (R * mask).sum(-1).view(-1, group_size)

@@ -19,9 +19,13 @@ def _f(default: Any, help: str) -> Any:
 class BuildSettings:
     """How crs builds a small scorer for the embedded task from the policy's own rule-labelled samples."""
 
-    n_prompts: int = _f(768, "Training prompts sampled from the task (their own stream, never the eval split).")
+    n_prompts: int = _f(
+        768, "Training prompts sampled from the task (their own stream, never the eval split)."
+    )
     samples_per_prompt: int = _f(4, "Policy samples per prompt (temperature 1): the PRM/judge training data.")
-    train_steps: int = _f(600, "Optimizer steps of the build (AdamW, batch 32, cosine). Linear in build time.")
+    train_steps: int = _f(
+        600, "Optimizer steps of the build (AdamW, batch 32, cosine). Linear in build time."
+    )
     lr: float = _f(2e-3, "Peak learning rate of the build (toy models tolerate large rates).")
     n_eval_prompts: int = _f(128, "Held-out prompts (eval split) for the step precision/recall report.")
 
@@ -33,8 +37,12 @@ class PRMSettings(BuildSettings):
         "Local PRM checkpoint: *ForTokenClassification with 2 labels (PURE, TRL PRM format) or a causal LM "
         "(label tokens below). null = build a small one for the embedded task (cached).",
     )
-    step_token: str = _f("\n", "Token that replaces every step end in the PRM input (PURE: '\\n', TRL PRM default).")
-    good_token: str = _f("+", "Causal-LM PRMs only: token whose probability means 'step correct' (Math-Shepherd).")
+    step_token: str = _f(
+        "\n", "Token that replaces every step end in the PRM input (PURE: '\\n', TRL PRM default)."
+    )
+    good_token: str = _f(
+        "+", "Causal-LM PRMs only: token whose probability means 'step correct' (Math-Shepherd)."
+    )
     bad_token: str = _f("-", "Causal-LM PRMs only: token whose probability means 'step wrong'.")
 
 
@@ -43,7 +51,9 @@ class JudgeSettings(BuildSettings):
     path: str | None = _f(
         None, "Local causal-LM judge (writes 'Wrong step list:[i,j]'). null = build a small one (cached)."
     )
-    critiques: int = _f(4, "CAPO k: critiques sampled per completion ([3P] default 4; 2→4→8 helps per the paper).")
+    critiques: int = _f(
+        4, "CAPO k: critiques sampled per completion ([3P] default 4; 2→4→8 helps per the paper)."
+    )
     vote: str = _f(
         "majority",
         "CAPO vote: majority (> k/2, as the authors' figure), intersection (best for 1B/1.5B policies per [3P]), union, average "

@@ -41,7 +41,15 @@ class StepHook:
         cache_dir: where built PRMs/judges are cached.
     """
 
-    def __init__(self, chain, steps_cfg: Mapping[str, Any], benchmark, tokenizer, policy_path: str | None, cache_dir: str | None):
+    def __init__(
+        self,
+        chain,
+        steps_cfg: Mapping[str, Any],
+        benchmark,
+        tokenizer,
+        policy_path: str | None,
+        cache_dir: str | None,
+    ):
         from crs.steps.methods import PRODUCERS
 
         self.chain = chain
@@ -84,7 +92,9 @@ class StepHook:
                 out[b, : lengths[b]] = torch.tensor(char_to_token_mask(self.tokenizer, ids, spans))
         return out
 
-    def __call__(self, trainer, inputs, out: dict[str, Any], success: Tensor, group_size: int, rho: float, mode: str) -> dict[str, Tensor]:
+    def __call__(
+        self, trainer, inputs, out: dict[str, Any], success: Tensor, group_size: int, rho: float, mode: str
+    ) -> dict[str, Tensor]:
         """Per-token/per-row tensors for this rollout (local rows, CPU)."""
         feats: dict[str, Tensor] = {}
         cid, cm = out["completion_ids"].cpu(), out["completion_mask"].cpu()

@@ -92,7 +92,9 @@ class _SFT:
         loss_v = float("nan")
         for _ in range(steps):
             logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -109,9 +111,18 @@ _SFT_STATE: dict[int, _SFT] = {}
 def _propose(model, tokenizer, contexts: list[str], n: int, max_new_tokens: int = 12) -> list[list[str]]:
     dev = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    enc = tokenizer([c for c in contexts for _ in range(n)], return_tensors="pt", padding=True, add_special_tokens=False)
-    gen = model.generate(**{k: v.to(dev) for k, v in enc.items()}, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    enc = tokenizer(
+        [c for c in contexts for _ in range(n)], return_tensors="pt", padding=True, add_special_tokens=False
+    )
+    gen = model.generate(
+        **{k: v.to(dev) for k, v in enc.items()},
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :].cpu(), skip_special_tokens=True)
     out = []
     for i in range(len(contexts)):
@@ -133,7 +144,9 @@ def _produce_int(view: RolloutView, scores: Tensor, kind: str, args: Mapping[str
     from crs.steps.rule import PROCESS_VERIFIERS, verify_steps
 
     g = torch.Generator().manual_seed(int(tr.state.global_step))
-    chosen = [b for b in failed if float(torch.rand(1, generator=g)) < args["rate"]][: args["max_per_rollout"]]
+    chosen = [b for b in failed if float(torch.rand(1, generator=g)) < args["rate"]][
+        : args["max_per_rollout"]
+    ]
     loc = first_wrong(scores if kind == "prob" else (scores >= 0).float(), view.steps.valid)
     located_ok, contexts, meta = [], [], []
     for b in chosen:
@@ -174,10 +187,21 @@ def _produce_int(view: RolloutView, scores: Tensor, kind: str, args: Mapping[str
 
 @register_credit(
     "int",
-    ranges={"rate": "[0, 1]", "max_per_rollout": "[1, inf)", "candidates": "[1, inf)", "sft_steps": "[0, inf)", "lr": "(0, inf)"},
+    ranges={
+        "rate": "[0, 1]",
+        "max_per_rollout": "[1, inf)",
+        "candidates": "[1, inf)",
+        "sft_steps": "[0, inf)",
+        "lr": "(0, inf)",
+    },
 )
 def intervention(
-    batch: CreditBatch, rate: float = 1.0, max_per_rollout: int = 16, candidates: int = 8, sft_steps: int = 1, lr: float = 1e-4
+    batch: CreditBatch,
+    rate: float = 1.0,
+    max_per_rollout: int = 16,
+    candidates: int = 8,
+    sft_steps: int = 1,
+    lr: float = 1e-4,
 ) -> CreditBatch:
     """InT (arXiv 2601.14209): SFT on prefix + self-proposed one-step fix of failed traces, then RL.
 

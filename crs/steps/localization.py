@@ -19,7 +19,6 @@ A share near ``decisive_frac`` means credit is spread evenly; near 1 means it la
 
 from __future__ import annotations
 
-
 from torch import Tensor
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from crs.credit import CreditBatch, register_credit
@@ -117,10 +116,16 @@ def _produce_capo(view: RolloutView, scores: Tensor, kind: str, args: Mapping[st
 
 
 @register_credit(
-    "capo", token_features=("capo_adv",), ranges={"w_whole": "[0, inf)", "w_process": "[0, inf)", "mix": "[0, 1]"}
+    "capo",
+    token_features=("capo_adv",),
+    ranges={"w_whole": "[0, inf)", "w_process": "[0, inf)", "mix": "[0, 1]"},
 )
 def capo(
-    batch: CreditBatch, w_whole: float = 2.0, w_process: float = 1.0, norm: str = "loo_token_mean", mix: float = 1.0
+    batch: CreditBatch,
+    w_whole: float = 2.0,
+    w_process: float = 1.0,
+    norm: str = "loo_token_mean",
+    mix: float = 1.0,
 ) -> CreditBatch:
     """CAPO (arXiv 2508.02298): ``R = r·W_whole − 1[step flagged]·W_process`` per token, group-normalised.
 
@@ -128,7 +133,9 @@ def capo(
     paper note. ``A = (1 − mix)·A_GRPO + mix·A_CAPO``. See :mod:`crs.steps.capo`.
     """
     if norm not in ("loo_token_mean", "group_token_mean", "group_token_meanstd"):
-        raise ConfigError(f"capo.norm must be loo_token_mean, group_token_mean or group_token_meanstd, got {norm!r}")
+        raise ConfigError(
+            f"capo.norm must be loo_token_mean, group_token_mean or group_token_meanstd, got {norm!r}"
+        )
     if w_process < 0:
         raise ConfigError(f"capo.w_process must be >= 0, got {w_process}")
     return _mix(batch, "capo_adv", mix)

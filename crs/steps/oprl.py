@@ -125,7 +125,9 @@ class ImplicitPRM(StepScorer):
             with torch.no_grad():
                 old = GRPOTrainer._get_per_token_logps_and_entropies(tr, tr.model, ids, att, T)[0]
         dev = next(self.phi.parameters()).device
-        logp_phi = GRPOTrainer._get_per_token_logps_and_entropies(tr, self.phi, ids.to(dev), att.to(dev), T)[0]
+        logp_phi = GRPOTrainer._get_per_token_logps_and_entropies(tr, self.phi, ids.to(dev), att.to(dev), T)[
+            0
+        ]
         mask = view.completion_mask.to(dev).float()
         q = step_log_ratios(logp_phi * mask, old.to(dev).detach() * mask, view.steps)
         r = self.beta * q

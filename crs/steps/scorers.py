@@ -117,7 +117,12 @@ class RuleScorer(StepScorer):
 
 
 def prm_inputs(
-    prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, steps: Steps, step_token_id: int, pad_id: int
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    steps: Steps,
+    step_token_id: int,
+    pad_id: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """PURE's PRM input, right-padded: ``prompt ⊕ completion`` with every step-end token → ``step_token_id``.
 
@@ -160,7 +165,12 @@ class PRMScorer(StepScorer):
         device: str | None = None,
     ):
         super().__init__()
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForTokenClassification,
+            AutoTokenizer,
+        )
 
         self.path = path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -172,7 +182,9 @@ class PRMScorer(StepScorer):
             self.model.to(device)
         ids = self.tokenizer(step_token, add_special_tokens=False).input_ids
         if len(ids) != 1:
-            raise ConfigError(f"method.steps.prm.step_token {step_token!r} must be one token of the PRM's tokenizer")
+            raise ConfigError(
+                f"method.steps.prm.step_token {step_token!r} must be one token of the PRM's tokenizer"
+            )
         self.step_token_id = ids[0]
         if not self.token_cls:
             g = self.tokenizer(good_token, add_special_tokens=False).input_ids
@@ -191,7 +203,9 @@ class PRMScorer(StepScorer):
         out = torch.zeros(pos.shape, dtype=torch.float32)
         for s in range(0, input_ids.shape[0], self.batch_size):
             sl = slice(s, s + self.batch_size)
-            logits = self.model(input_ids=input_ids[sl].to(dev), attention_mask=attention_mask[sl].to(dev)).logits
+            logits = self.model(
+                input_ids=input_ids[sl].to(dev), attention_mask=attention_mask[sl].to(dev)
+            ).logits
             if not self.token_cls:
                 logits = logits[..., list(self.label_ids)]
             prob = torch.softmax(logits.float(), -1)[..., 1].cpu()  # [b,S]
@@ -202,7 +216,12 @@ class PRMScorer(StepScorer):
     def score(self, view: RolloutView) -> Tensor:
         t0 = time.perf_counter()
         ids, att, pos = prm_inputs(
-            view.prompt_ids, view.prompt_mask, view.completion_ids, view.steps, self.step_token_id, self.pad_id
+            view.prompt_ids,
+            view.prompt_mask,
+            view.completion_ids,
+            view.steps,
+            self.step_token_id,
+            self.pad_id,
         )
         out = self.probs(ids, att, pos)
         self.metrics = {"prm/time_s": time.perf_counter() - t0, "prm/tokens": float(att.sum())}
@@ -284,7 +303,9 @@ class JudgeScorer(StepScorer):
         texts, n_tokens = [], 0
         flat = [p for p in prompts for _ in range(n)]
         for s in range(0, len(flat), self.batch_size):
-            enc = self.tokenizer(flat[s : s + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tokenizer(
+                flat[s : s + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            )
             gen = self.model.generate(
                 **{k: v.to(dev) for k, v in enc.items()},
                 do_sample=temp > 0,
@@ -318,7 +339,9 @@ class JudgeScorer(StepScorer):
         self.metrics = {
             "judge/time_s": time.perf_counter() - t0,
             "judge/calls": float(len(texts)),
-            "judge/prompt_tokens": float(sum(len(self.tokenizer(p).input_ids) for p in prompts) * self.critiques),
+            "judge/prompt_tokens": float(
+                sum(len(self.tokenizer(p).input_ids) for p in prompts) * self.critiques
+            ),
             "judge/gen_tokens": float(n_tok),
             "judge/parse_fail": fails / max(1, len(texts)),
         }
@@ -326,7 +349,11 @@ class JudgeScorer(StepScorer):
 
 
 def build_scorer(
-    cfg: Mapping[str, Any], benchmark: str, cache_dir: str | None, policy_path: str | None, task: Mapping[str, Any] | None = None
+    cfg: Mapping[str, Any],
+    benchmark: str,
+    cache_dir: str | None,
+    policy_path: str | None,
+    task: Mapping[str, Any] | None = None,
 ) -> StepScorer:
     """The scorer named ``cfg['scorer']`` (``method.steps``); PRM/judge are built on first use if ``path`` is null."""
     name = cfg.get("scorer", "rule")
@@ -348,10 +375,14 @@ def build_scorer(
             from crs.steps.build import ensure_judge
 
             path = str(ensure_judge(policy_path, benchmark, cache_dir, j, seps, task))
-        return JudgeScorer(path, int(j.get("critiques", 4)), j.get("vote", "majority"), float(j.get("temperature", 1.0)))
+        return JudgeScorer(
+            path, int(j.get("critiques", 4)), j.get("vote", "majority"), float(j.get("temperature", 1.0))
+        )
     if name == "implicit":
         from crs.steps.oprl import ImplicitPRM
 
         i = dict(cfg.get("implicit") or {})
-        return ImplicitPRM(beta=float(i.get("beta", 0.05)), lr=float(i.get("lr", 1e-4)), traj_agg=i.get("traj_agg", "mean"))
+        return ImplicitPRM(
+            beta=float(i.get("beta", 0.05)), lr=float(i.get("lr", 1e-4)), traj_agg=i.get("traj_agg", "mean")
+        )
     raise ConfigError(f"method.steps.scorer must be rule, prm, judge or implicit, got {name!r}")

@@ -96,7 +96,9 @@ class Steps:
     def broadcast(self, per_step: Tensor) -> Tensor:
         """``[B,K]`` → ``[B,T]``: each step's value on every token of the step, 0 on padding."""
         idx = self.step_id.clamp(min=0)
-        out = per_step.gather(1, idx) if per_step.shape[1] > 0 else torch.zeros_like(idx, dtype=per_step.dtype)
+        out = (
+            per_step.gather(1, idx) if per_step.shape[1] > 0 else torch.zeros_like(idx, dtype=per_step.dtype)
+        )
         return out * (self.step_id >= 0).to(out.dtype)
 
     def sum_over_steps(self, per_token: Tensor) -> Tensor:
