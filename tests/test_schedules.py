@@ -301,3 +301,45 @@ def test_schedule_from_cfg_fails_early():
         schedule_from_cfg({"name": "nope", "m": 0.99})
     with pytest.raises(ValueError):
         schedule_from_cfg({"name": "step", "m": 0.99, "milestones": [0.5], "values": []})
+
+
+# ===================================================================================================
+# the authors' clock (RLVR-Schedule ray_trainer.py:384-385 + agent_loop.py _prefix_curriculum)
+
+
+def _authors_rho(mode, step, T, m=0.99, start=0.0, end=0.8, gamma=2.0):
+    """agent_loop.py _prefix_curriculum, written out: integer window, steps counted from 1."""
+    min_step, max_step = int(T * start), int(T * end)
+    progress = min(max((step - min_step) / (max_step - min_step), 0), 1)
+    linear = m * (1 - progress)
+    if mode == "linear":
+        return linear
+    if mode == "gamma":
+        return linear**gamma
+    k = 8.0
+    sig = 1 / (1 + math.exp(k * (progress - 0.5)))
+    sig_start, sig_end = 1 / (1 + math.exp(-k * 0.5)), 1 / (1 + math.exp(k * 0.5))
+    return m * (sig - sig_end) / (sig_start - sig_end)
+
+
+@pytest.mark.parametrize("T", [300, 101])
+@pytest.mark.parametrize("mode", ["linear", "sigmoid", "gamma"])
+def test_rho_sequence_matches_the_authors_clock(T, mode):
+    from crs.schedules import schedule_at_step
+
+    got = [schedule_at_step(mode, s, T) for s in range(1, T + 1)]
+    want = [_authors_rho(mode, s, T) for s in range(1, T + 1)]
+    assert_close(got, want, rtol=0.0, atol=1e-12)
+    # T = 101: s_max = int(80.8) = 80, so ρ reaches 0 at rollout 80 (not 80.8 → 81)
+    s_max = int(T * 0.8)
+    assert got[s_max - 1] == 0.0 and got[s_max - 2] > 0.0
+    assert got[0] < 0.99  # rollout 1 is already one step into the window
+
+
+def test_old_loss_time_clock_differs():
+    """Planted: the old clock (progress = global_step / T from 0) gives other values for T = 101."""
+    from crs.schedules import schedule_at_step
+
+    old = [schedule_value("linear", s / 101) for s in range(101)]
+    new = [schedule_at_step("linear", s, 101) for s in range(1, 102)]
+    assert max(abs(a - b) for a, b in zip(old, new)) > 1e-3

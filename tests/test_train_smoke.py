@@ -75,7 +75,11 @@ def test_smoke_run_is_tracked_and_learns_something(compose_cfg, tmp_path):
         m.value
         for m in sorted(client.get_metric_history(run.info.run_id, "schedule/rho"), key=lambda m: m.step)
     ]
-    assert rho[0] == pytest.approx(0.99) and rho == sorted(rho, reverse=True)
+    # the authors' clock: rollouts from 1, s_max = int(T·0.8) — for T = 3 that is ρ = 0.99·(1 − s/2)
+    from crs.schedules import schedule_at_step
+
+    assert rho == pytest.approx([schedule_at_step("linear", s, steps) for s in range(1, steps + 1)], abs=1e-6)
+    assert rho[0] == pytest.approx(0.495, abs=1e-6) and rho == sorted(rho, reverse=True)
     assert client.get_metric_history(run.info.run_id, "eval_accuracy")
     # artifacts: the Hydra config, rollout samples, summary, heatmaps
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
