@@ -46,6 +46,12 @@ from pathlib import Path
 from typing import Any
 
 SMOOTH_WINDOW = 5
+LOC_METRICS = ("loc/adv_share", "loc/kl_share", "loc/decisive_frac")
+LOC_TITLES = {
+    "loc/adv_share": "credit on decisive (adv)",
+    "loc/kl_share": "credit on decisive (KL)",
+    "loc/decisive_frac": "decisive token frac",
+}
 CURVE_METRICS = ("accuracy", "reward", "entropy/all", "schedule/rho", "eval_accuracy")
 HEATMAP_FAMILIES = ("entropy", "kl")
 FALLBACK_KEYS = ("method", "schedule", "loss")
@@ -600,6 +606,18 @@ def load(sel: Selection, threshold: float = 0.5, extra: Sequence[Column] = ()) -
     df = df.reset_index(drop=True)
     keys, source, from_sweep = cell_keys(sel, df)
     columns = base_columns(threshold) + list(extra)
+    # credit localization (crs/steps/localization.py): the run's mean over steps, when a task logged it
+    loc = [m for m in LOC_METRICS if f"metrics.{m}" in df.columns]
+    columns += [
+        Column(
+            m.replace("/", "_"),
+            LOC_TITLES[m],
+            "max" if m != "loc/decisive_frac" else "",
+            3,
+            "higher (more credit on the decisive tokens)",
+        )
+        for m in loc
+    ]
     hist = Histories(sel.uri)
     cells: dict[tuple[str, ...], Cell] = {}
     notes: list[str] = []
@@ -642,6 +660,9 @@ def load(sel: Selection, threshold: float = 0.5, extra: Sequence[Column] = ()) -
             v["train_time_s"] = _value(row, "metrics.final/wall_time_s")
         for col in extra:
             v[col.key] = _value(row, f"metrics.{col.title}")
+        for m in loc:
+            h = [x for _, x in hist.get(run.run_id, m)]
+            v[m.replace("/", "_")] = sum(h) / len(h) if h else None
     for col in extra:
         if f"metrics.{col.title}" not in df.columns:
             notes.append(f"--metric {col.title}: no run logged it")

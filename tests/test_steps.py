@@ -284,15 +284,15 @@ def test_oprl_step_rewards_dpo_loss_and_advantages():
 def test_localization_share_on_a_known_batch():
     from crs.steps.localization import loss_weights, share
 
-    adv = torch.tensor([[1.0, -1.0, 2.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    adv = torch.tensor([[1.0, -1.0, 2.0, 0.0], [1.5, 0.5, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]])
     dec = torch.tensor([[0.0, 0, 1, 0], [1, 0, 0, 0]])
-    # token-mean loss: Σ|A| on decisive = 2 + .5, total = 1+1+2+0+.5+.5 = 5
+    # token-mean loss: Σ|A| on decisive = 2 + 1.5, total = 1+1+2+0+1.5+.5 = 6
     num, den = share(adv * loss_weights(mask, None, "dapo"), dec, mask)
-    assert_close(num / den, torch.tensor(2.5 / 5))
+    assert_close(num / den, torch.tensor(3.5 / 6))
     # per-sequence normaliser (grpo): row 0 weights 1/4, row 1 weights 1/2
     num, den = share(adv * loss_weights(mask, None, "grpo"), dec, mask)
-    assert_close(num / den, torch.tensor((2 / 4 + 0.5 / 2) / (4 / 4 + 1 / 2)))
+    assert_close(num / den, torch.tensor((2 / 4 + 1.5 / 2) / (4 / 4 + 2 / 2)))
     # method weights (forking-token selection) drop unselected tokens
     w = torch.tensor([[0.0, 0, 1, 1], [0, 1, 0, 0]])
     num, den = share(adv * loss_weights(mask, w, "dapo"), dec, mask)

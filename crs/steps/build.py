@@ -58,7 +58,9 @@ def _problems(n: int, kind: str, seed: int, eval_split: bool, task: Mapping[str,
     acfg = ArithmeticConfig.from_mapping({**dict(task or {}), "name": "arithmetic"})
     ev = eval_problems(acfg)
     if eval_split:
-        return ev[:n]
+        # held-out measurement: the eval split's prompts first, then (small task spaces) a separate stream
+        extra = sample_problems(max(0, n - len(ev)), f"{kind}-heldout", seed, acfg) if n > len(ev) else []
+        return (ev + extra)[:n]
     return sample_problems(n, kind, seed, acfg, exclude=[p.prompt for p in ev])
 
 
@@ -390,19 +392,15 @@ def build_judge(
         "n_train_completions": len(train),
         "build_time_s": time.perf_counter() - t0,
     }
-    report["eval"] = {
-        v: evaluate_judge(
-            str(out_dir),
-            policy_path,
-            benchmark,
-            s["n_eval_prompts"],
-            int(s["critiques"]),
-            v,
-            separators,
-            task=task,
-        )
-        for v in ("majority", "intersection", "union", "average")
-    }
+    report["eval"] = evaluate_judge(
+        str(out_dir),
+        policy_path,
+        benchmark,
+        s["n_eval_prompts"],
+        int(s["critiques"]),
+        separators=separators,
+        task=task,
+    )
     (out_dir / "crs_report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -413,31 +411,46 @@ def evaluate_judge(
     benchmark: str,
     n_prompts: int,
     critiques: int = 4,
-    vote_rule: str = "majority",
+    rules=("majority", "intersection", "union", "average"),
     separators=DEFAULT_SEPARATORS,
     seed: int = 1,
     task=None,
-) -> dict[str, float]:
-    """Judge (k critiques, voted) vs the rule verifier on fresh samples of eval-split prompts."""
+) -> dict[str, Any]:
+    """Judge (k sampled critiques, voted by each rule) vs the rule verifier on fresh samples of eval-split prompts.
+
+    One batch of critiques is generated and voted by every rule, so the rules are compared on the same
+    critiques. Also reports ``single`` (one greedy critique, no vote).
+    """
     from crs.steps.capo import vote
     from crs.steps.scorers import JudgeScorer, judge_prompt, parse_critique
 
     samples = sample_labelled(policy_path, benchmark, n_prompts, 4, seed, True, separators, task)
-    judge = JudgeScorer(judge_path, critiques=critiques, vote=vote_rule)
+    judge = JudgeScorer(judge_path, critiques=critiques)
     torch.manual_seed(seed)
-    texts, _ = judge.critique([judge_prompt(x["prompt"], x["step_texts"]) for x in samples], critiques)
-    truth, pred, fails = [], [], 0
-    for b, x in enumerate(samples):
-        sets = []
-        for j in range(critiques):
-            p = parse_critique(texts[b * critiques + j], len(x["step_texts"]))
-            fails += p is None
-            sets.append(p or set())
-        flags = vote([sets], len(x["step_texts"]), vote_rule)[0]
-        truth += list(x["labels"])
-        pred += (1.0 - flags).tolist()
-    out = step_prf(truth, pred)
-    out["parse_fail"] = fails / max(1, len(texts))
+    prompts = [judge_prompt(x["prompt"], x["step_texts"]) for x in samples]
+    t0 = time.perf_counter()
+    texts, n_tok = judge.critique(prompts, critiques)
+    secs = time.perf_counter() - t0
+    greedy, _ = judge.critique(prompts, 1, temperature=0.0)
+    parsed = [
+        [parse_critique(texts[b * critiques + j], len(x["step_texts"])) for j in range(critiques)]
+        for b, x in enumerate(samples)
+    ]
+    truth = [v for x in samples for v in x["labels"]]
+    out: dict[str, Any] = {}
+    for rule in rules:
+        pred = []
+        for sets, x in zip(parsed, samples):
+            pred += (1.0 - vote([[p or set() for p in sets]], len(x["step_texts"]), rule)[0]).tolist()
+        out[rule] = step_prf(truth, pred)
+    pred = []
+    for t, x in zip(greedy, samples):
+        pred += (
+            1.0 - vote([[parse_critique(t, len(x["step_texts"])) or set()]], len(x["step_texts"]), "union")[0]
+        ).tolist()
+    out["single_greedy"] = step_prf(truth, pred)
+    out["parse_fail"] = sum(p is None for ps in parsed for p in ps) / max(1, len(texts))
+    out["cost"] = {"critiques": len(texts), "gen_tokens": n_tok, "seconds": secs}
     return out
 
 
