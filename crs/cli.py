@@ -5,7 +5,7 @@
     crs pretrain [overrides]         build (or show) the embedded warm-started model
     crs schedule <option> [overrides] [--steps N] [--plot file.png]   look at a schedule before using it
     crs compare [--sweep ID | --experiment NAME | --last] [--format ...] [--plot DIR]
-    crs ui [--port 5000]             the MLflow UI on ./mlflow.db
+    crs ui [--port 5000]             the MLflow UI on ./mlflow.db, opened on the training runs
 
 ``train`` and ``pretrain`` hand argv to ``@hydra.main`` untouched, so multirun, launchers and
 ``--cfg`` keep working. For a single run, the config is first composed and checked here so that a
@@ -15,7 +15,6 @@ typo, a wrong type or an invalid value is one line on stderr (exit 2) before any
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -185,25 +184,6 @@ def schedule_cmd(argv: list[str]) -> None:
         print(f"wrote {args.plot}")
 
 
-def ui_cmd(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="crs ui", description="Open the MLflow UI on a crs store.")
-    p.add_argument("--uri", default=None, help="tracking store (default sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", default="5000")
-    args = p.parse_args(argv)
-    from crs.tracking import default_uri
-
-    uri = args.uri or default_uri()
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
-    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    if uri.startswith("sqlite:///"):
-        cmd += [
-            "--default-artifact-root",
-            (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri(),
-        ]
-    sys.exit(subprocess.call(cmd))
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -248,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
 
         compare_main(rest)
     elif verb == "ui":
-        ui_cmd(rest)
+        from crs.ui import main as ui_main
+
+        ui_main(rest)
     else:
         print(f"crs: unknown command {verb!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

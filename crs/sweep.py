@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -99,9 +100,13 @@ class MlflowSweepCallback(Callback):
         keys = swept_keys(overrides, params)
         sweep_id = uuid.uuid4().hex[:8]
         choices = config.hydra.runtime.get("choices", {})
+        from crs.naming import parent_name, sweep_grid
+
+        grid = sweep_grid(overrides)
+        config_name = str(config.hydra.job.get("config_name") or "train")
         run = client.create_run(
             exp_id,
-            run_name=f"sweep {sweep_dir.name} ({sweep_id})",
+            run_name=parent_name(config_name, keys),
             tags={
                 "crs.role": "sweep",
                 "sweep_id": sweep_id,
@@ -120,7 +125,14 @@ class MlflowSweepCallback(Callback):
             "sweep_id": sweep_id,
             "swept_keys": keys,
             "sweep_dir": str(sweep_dir),
+            # for the parent's description and the jobs' duplicate check (crs/naming.py)
+            "grid": grid,
+            "config_name": config_name,
+            "overrides": overrides,
+            "launcher": str(choices.get("hydra/launcher", "basic")),
+            "n_jobs": math.prod(len(v) for v in grid.values()) if grid else 1,
         }
+        _describe_parent(client, self.info)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(self.info, indent=2))
         atexit.register(self._finalize)
@@ -134,6 +146,7 @@ class MlflowSweepCallback(Callback):
         self._done = True
         try:
             counts = finalize_sweep(self.info)
+            _publish_comparison(self.info, counts)
             print(
                 f"crs: sweep {self.info['sweep_id']} — {counts['finished']} finished, {counts['failed']} failed, "
                 f"{counts['killed']} killed. Compare with: crs compare --sweep {self.info['sweep_id']}",
@@ -141,3 +154,25 @@ class MlflowSweepCallback(Callback):
             )
         except Exception as err:  # never mask the sweep's own outcome
             print(f"crs: could not finalise the sweep's MLflow parent run: {err}", flush=True)
+
+
+def _describe_parent(client, info: dict[str, Any]) -> None:
+    """The parent's description (grid, command) and the grid as params, for the MLflow UI."""
+    from mlflow.entities import Param
+
+    from crs.naming import DESCRIPTION_TAG, parent_description
+
+    client.set_tag(info["run_id"], DESCRIPTION_TAG, parent_description(info))
+    params = [Param(f"grid.{k}", ",".join(v)[:6000]) for k, v in info["grid"].items()]
+    if params:
+        client.log_batch(info["run_id"], params=params, synchronous=True)
+
+
+def _publish_comparison(info: dict[str, Any], counts: dict[str, int]) -> None:
+    """After the jobs: the ``crs compare`` table and plots as the parent's artifacts and description."""
+    try:
+        from crs.compare.publish import publish
+
+        publish(info, counts)
+    except Exception as err:  # a comparison that cannot be drawn must not fail the sweep
+        print(f"crs: could not attach the comparison to the sweep's parent run: {err}", flush=True)

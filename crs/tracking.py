@@ -11,7 +11,9 @@ What a run holds (names chosen to be short and comparable in the MLflow UI and `
 - **metrics** every optimizer step (``step = global_step``): everything TRL logs (``reward``,
   ``reward_std``, ``entropy``, ``clip_ratio/*``, ``kl``, ``completions/mean_length``, ...) plus crs's
   ``accuracy``, ``schedule/rho``, ``credit/*``, ``adv/*``, ``entropy/{all,selected,unselected}``,
-  ``diag/*`` and eval metrics ``eval_accuracy``/``eval_reward``; at the end ``final/*`` summaries.
+  ``diag/*`` and eval metrics ``eval_accuracy``/``eval_reward`` — renamed into UI sections
+  (``1 main/reward``, ``2 schedule/rho``, …; see :mod:`crs.metric_layout`); the ``final/*`` summaries
+  at the end become tags ``final.<name>``.
 - **artifacts**: ``hydra/`` (the job's .hydra folder), ``samples/`` (rollouts at a few steps, JSON),
   ``plots/`` (percentile heatmaps), ``summary.json``.
 
@@ -131,6 +133,9 @@ class MlflowTracker(NullTracker):
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
+        from crs.metric_layout import MetricLayout
+
+        self.layout = MetricLayout(knobs=all_tags.get("drives") != "none")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -154,6 +159,12 @@ class MlflowTracker(NullTracker):
 
         from mlflow.entities import Metric
 
+        from crs.metric_layout import MetricLayout
+
+        # UI sections, knob charts only where a knob is driven, summaries as tags (crs/metric_layout.py)
+        metrics, summary_tags = getattr(self, "layout", MetricLayout()).split(metrics)
+        if summary_tags:
+            self.set_tags(summary_tags)
         ts = int(time.time() * 1000)
         items = []
         for k, v in metrics.items():

@@ -110,20 +110,9 @@ def set_threads(cfg: DictConfig, ctx: dict[str, Any]) -> int:
 
 
 def _run_name(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -> str:
-    if cfg.tracking.get("run_name"):
-        return str(cfg.tracking.run_name)
-    from crs.credit import CreditChain
+    from crs.naming import run_name
 
-    choices = ctx.get("choices", {})
-    base = str(choices.get("method", cfg.method.name))
-    if CreditChain(cfg.method.credit).knobs(1.0):  # the schedule only matters when it drives a knob
-        base += f"-{choices.get('schedule', cfg.schedule.name)}"
-    if choices.get("loss", "grpo") != "grpo":
-        base += f"-{choices['loss']}"
-    base += f"-s{cfg.seed}"
-    if parent is not None:
-        base = f"{ctx.get('job_num')}:{base}"
-    return base
+    return run_name(cfg, ctx, parent)  # tp_schedule·linear·s0 (crs/naming.py)
 
 
 def _tags(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -> dict[str, Any]:
@@ -140,6 +129,9 @@ def _tags(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -
         "git_sha": git_sha(),
         "crs.role": "job",
     }
+    from crs.naming import job_tags
+
+    tags.update(job_tags(cfg, ctx))  # schedule=none and drives=… for the UI's comparison columns
     if choices.get("experiment"):
         tags["experiment"] = choices["experiment"]
     if cfg.get("tags"):
@@ -355,6 +347,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.tracking.uri = parent["uri"]
         cfg.tracking.experiment = parent["experiment"]
         OmegaConf.set_struct(cfg, True)
+    from crs.naming import duplicate_of, record_skip
+
+    duplicate = duplicate_of(cfg, ctx, parent)
+    if duplicate is not None:  # a schedule that drives nothing: the grid cell collapses (crs/naming.py)
+        record_skip(ctx["sweep_dir"], ctx.get("job_num"), list(ctx.get("overrides", [])), duplicate)
+        print(f"crs: skipped duplicate job {ctx.get('job_num')}: {duplicate}", flush=True)
+        return {"skipped": duplicate}
     tracker = build_tracker(cfg.tracking)
     tracker.start(
         run_name=_run_name(cfg, ctx, parent),

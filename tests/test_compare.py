@@ -23,6 +23,7 @@ from mlflow.entities import Param
 from scipy import stats
 
 from crs.compare import describe, main, steps_to_threshold
+from crs.metric_layout import MetricLayout
 
 # (method, schedule) → per seed: final eval accuracy, final best eval accuracy (None: only in the
 # eval_accuracy history, peak `peak`), final entropy, wall time, slope of the train-accuracy ramp
@@ -45,9 +46,9 @@ SPEC = {
         dict(end=0.70, best=None, peak=0.80, ent=1.6, wall=135.0, slope=1 / 4),
     ],
 }
-# trailing 5-step mean of min(1, slope·s) first ≥ 0.5 (raw first crossings would be 4, 8, 16, 2):
-# 1/8 → steps 2..6 average 0.5 → 6;  1/16 → 6..10 → 10;  1/32 → never;  1/4 → first full window (5) = 0.7 → 5
-STEPS = {1 / 8: 6, 1 / 16: 10, 1 / 32: None, 1 / 4: 5}
+# trailing mean of the last ≤5 values of min(1, slope·s) first ≥ 0.5 (raw first crossings: 4, 8, 16, 2):
+# 1/8 → steps 2..6 average 0.5 → 6;  1/16 → 6..10 → 10;  1/32 → never;  1/4 → steps 1..3 average 0.5 → 3
+STEPS = {1 / 8: 6, 1 / 16: 10, 1 / 32: None, 1 / 4: 3}
 ERROR = "RuntimeError: injected failure at step 2 (inject_failure_at_step=2)"
 BINS = 10
 
@@ -59,8 +60,21 @@ def _metrics(pairs):
     return [Metric(k, float(v), ts + i, int(step)) for i, (k, v, step) in enumerate(pairs)]
 
 
-def make_run(client, exp_id, tags, status, pairs, start_time=None, parent=None, params=None):
+def new_layout(pairs):
+    """Pairs as crs.tracking logs them now: UI keys (``1 main/accuracy``), ``final/*`` as tags."""
+    out, tags = [], {}
+    for k, v, step in pairs:
+        metrics, t = MetricLayout().split({k: v})
+        out += [(key, val, step) for key, val in metrics.items()]
+        tags.update(t)
+    return out, tags
+
+
+def make_run(client, exp_id, tags, status, pairs, start_time=None, parent=None, params=None, layout=False):
     tags = {k: str(v) for k, v in tags.items()}
+    if layout:
+        pairs, summary = new_layout(pairs)
+        tags.update(summary)
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp_id, start_time=start_time, tags=tags, run_name=tags.get("name"))
@@ -236,6 +250,7 @@ def store(tmp_path_factory):
                 start_time=now + job,
                 parent=parent,
                 params={"seed": seed, "trainer.lr": 1e-6},  # a seed differs by design, not a mix-up
+                layout=True,  # the main sweep as crs logs now; the others as older versions did
             )
             job += 1
     # crashed after its (misleading) summary: counted as failed, never averaged
@@ -286,32 +301,54 @@ def by_label(data):
 # pure functions
 
 
-def test_steps_to_threshold_uses_trailing_full_window():
+def test_steps_to_threshold_uses_trailing_mean():
     ramp = lambda slope: [(s, min(1.0, slope * s)) for s in range(1, 11)]  # noqa: E731
     for slope, expected in STEPS.items():
         assert steps_to_threshold(ramp(slope), 0.5) == expected, slope
     spike = [(s, 1.0 if s == 4 else 0.0) for s in range(1, 11)]
-    assert (
-        steps_to_threshold(spike, 0.5) is None
-    )  # raw accuracy crossed at step 4; one lucky batch is not learning
-    assert steps_to_threshold(spike, 0.2) == 5  # first full window 1..5 holds the spike: mean 0.2
-    assert steps_to_threshold([(2, 0.6), (1, 0.6)], 0.5) == 2  # shorter than the window: whole-history mean
-    assert steps_to_threshold([(1, 0.9), (2, 0.9), (2, 0.0)], 0.5) is None  # repeated step: last value wins
+    # raw accuracy crossed at step 4; one lucky batch is not learning
+    assert steps_to_threshold(spike, 0.5) is None
+    assert steps_to_threshold(spike, 0.2) == 4  # steps 1..4 hold the spike: mean 0.25
+    assert steps_to_threshold([(1, 0.1), (2, 0.9), (2, 0.0)], 0.5) is None  # repeated step: last value wins
     assert steps_to_threshold([], 0.5) is None
 
 
-def test_describe_matches_student_t():
+def test_steps_to_threshold_short_runs_are_not_pinned_to_their_end():
+    """The bug of issue 11: a 3-step run at accuracy 0.75 from step 1 read "3.0" (the end of its only
+    full window) in every cell. Runs shorter than the window report the step they got there."""
+    assert steps_to_threshold([(1, 0.75), (2, 0.5), (3, 0.75)], 0.5) == 1
+    assert steps_to_threshold([(2, 0.6), (1, 0.6)], 0.5) == 1
+    assert steps_to_threshold([(1, 0.25), (2, 0.5), (3, 0.75)], 0.5) == 3
+    assert steps_to_threshold([(1, 0.0), (2, 1.0), (3, 1.0)], 0.5) == 2
+    assert steps_to_threshold([(1, 0.0), (2, 0.25), (3, 0.5)], 0.5) is None
+
+
+def test_describe_interval_is_a_bootstrap_inside_the_possible_range():
+    import numpy as np
+
     one = describe([0.5, None, float("nan")])
     assert (one.n, one.mean, one.std, one.ci95_low, one.ci95_high) == (1, 0.5, None, None, None)
-    vals = [0.2, 0.4, 0.9]
-    s = describe(vals)
-    mean = sum(vals) / 3
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / 2)
-    lo, hi = stats.t.interval(0.95, df=2, loc=mean, scale=sd / math.sqrt(3))
-    assert s.n == 3
-    assert s.mean == pytest.approx(mean) and s.std == pytest.approx(sd)
-    assert (s.ci95_low, s.ci95_high) == (pytest.approx(lo), pytest.approx(hi))
     assert describe([]).n == 0 and describe([]).mean is None
+    # an accuracy with a few seeds: Student t leaves [0, 1], the bootstrap stays within the seeds' range
+    acc = [0.0, 0.05, 1.0]
+    t_lo, t_hi = stats.t.interval(0.95, df=2, loc=np.mean(acc), scale=np.std(acc, ddof=1) / math.sqrt(3))
+    assert t_lo < 0 and t_hi > 1
+    s = describe(acc)
+    assert s.std == pytest.approx(np.std(acc, ddof=1)) and s.mean == pytest.approx(np.mean(acc))
+    assert 0.0 <= s.ci95_low <= s.mean <= s.ci95_high <= 1.0
+    # two seeds: every resampled mean is a, (a+b)/2 or b, so the 2.5/97.5 percentiles are a and b
+    two = describe([0.5, 0.6])
+    assert (two.ci95_low, two.ci95_high) == (pytest.approx(0.5), pytest.approx(0.6))
+    same = describe([0.3, 0.3, 0.3])
+    assert (same.ci95_low, same.ci95_high) == (pytest.approx(0.3), pytest.approx(0.3))
+    # many seeds: the percentiles of resampled means, checked against an independent resampling
+    rng = np.random.default_rng(1)
+    vals = rng.uniform(0, 1, size=12)
+    means = rng.choice(vals, size=(200_000, 12)).mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    s = describe(vals)
+    assert s.ci95_low == pytest.approx(lo, abs=0.01) and s.ci95_high == pytest.approx(hi, abs=0.01)
+    assert s.ci95_high - s.ci95_low < vals.max() - vals.min()  # narrower than the range with 12 seeds
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -319,11 +356,12 @@ def test_describe_matches_student_t():
 
 
 def _expect(values):
+    """Mean, std and the bootstrap interval of two seeds (their range; see the test above)."""
     n = len(values)
+    assert n == 2
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    lo, hi = stats.t.interval(0.95, df=n - 1, loc=mean, scale=sd / math.sqrt(n))
-    return mean, sd, lo, hi
+    return mean, sd, min(values), max(values)
 
 
 def test_sweep_table_values(store, capsys):
@@ -360,10 +398,10 @@ def test_sweep_table_values(store, capsys):
     gc = cells["grpo · cosine"]
     assert gc["metrics"]["eval_accuracy_end"]["mean"] == pytest.approx(0.42)
     assert [r["error"] for r in gc["runs"] if r["status"] == "FAILED"] == [ERROR]
-    # one of two seeds reached 0.5 (at step 5, tying tp_schedule·linear's 5 and 5): a mean over that
+    # one of two seeds reached 0.5 (at step 3, tying tp_schedule·linear's 3 and 3): a mean over that
     # seed, no spread, and no claim to "fastest" — the seed that never got there is not faster
     assert gc["metrics"]["steps_to_threshold"] == {
-        "mean": 5.0,
+        "mean": 3.0,
         "std": None,
         "ci95_low": None,
         "ci95_high": None,
@@ -372,7 +410,7 @@ def test_sweep_table_values(store, capsys):
         "best": False,
     }
     tc = cells["tp_schedule · cosine"]["metrics"]["steps_to_threshold"]
-    assert (tc["mean"], tc["std"]) == (pytest.approx(5.5), pytest.approx(math.sqrt(0.5)))
+    assert (tc["mean"], tc["std"]) == (pytest.approx(4.5), pytest.approx(math.sqrt(4.5)))
     best = {k: [c["label"] for c in data["cells"] if c["metrics"][k]["best"]] for k in data["columns"]}
     assert best == {
         "eval_accuracy_end": ["tp_schedule · linear"],
@@ -386,8 +424,8 @@ def test_sweep_table_values(store, capsys):
 def test_threshold_changes_steps(store, capsys):
     data = run_json(capsys, "--sweep", "a1b2c3d4", "--uri", store["uri"], "--threshold", "0.25")
     st = by_label(data)["grpo · cosine"]["metrics"]["steps_to_threshold"]
-    # slope 1/4: first full window (mean 0.7) → 5; slope 1/32: (s-2)/32 ≥ 0.25 → s = 10
-    assert (st["n"], st["of"], st["mean"]) == (2, 2, pytest.approx(7.5))
+    # slope 1/4: step 1 is already 0.25 → 1; slope 1/32: (s-2)/32 ≥ 0.25 → s = 10
+    assert (st["n"], st["of"], st["mean"]) == (2, 2, pytest.approx(5.5))
     assert data["columns"]["steps_to_threshold"]["title"] == "steps to acc≥0.25"
 
 
@@ -449,7 +487,7 @@ def test_table_output(store, capsys):
     assert "0.550 ± 0.071" in out  # grpo·linear final eval accuracy
     lo, hi = _expect([0.5, 0.6])[2:]
     assert f"[{lo:.3f}, {hi:.3f}]" in out  # its 95% CI
-    assert "5.0 (1/2)" in out  # grpo·cosine: one of two seeds reached the threshold
+    assert "3.0 (1/2)" in out  # grpo·cosine: one of two seeds reached the threshold
     assert "higher" in out and "fewer" in out  # the caption says what "best" means
     assert "failures" in out and "grpo · cosine: 1 FAILED (seed 2): " + ERROR in out
 

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from crs.benchmarks import build_benchmark
 from crs.benchmarks.hf import math_reward, reference_answer
 from crs.errors import ConfigError
+from crs.metric_layout import ui_key
 from crs.train import train
 
 GSM8K_ROWS = [
@@ -116,4 +117,4 @@ def test_train_on_local_model_and_dataset(compose_cfg, tmp_path, tiny_model_dir,
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "tiny-local"
     assert run.data.params["model.name_or_path"] == tiny_model_dir
     assert run.data.params["model.lora.enabled"] == str(lora)
-    assert len(client.get_metric_history(run.info.run_id, "rewards/correctness/mean")) == 2
+    assert len(client.get_metric_history(run.info.run_id, ui_key("rewards/correctness/mean"))) == 2

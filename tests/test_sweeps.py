@@ -53,19 +53,31 @@ def _check_grid(tmp_path, n_jobs):
     assert len(jobs) == n_jobs
     assert {j.data.tags["mlflow.parentRunId"] for j in jobs} == {parent.info.run_id}
     assert {j.data.tags["sweep_id"] for j in jobs} == {parent.data.tags["sweep_id"]}
-    cells = {(j.data.tags["sweep.method"], j.data.tags["sweep.schedule"]) for j in jobs}
-    assert cells == {(m, s) for m in ("grpo", "tp_schedule") for s in ("constant", "linear")}
+    # grpo has no knob the schedule drives: grpo × linear would repeat grpo × constant and is skipped
+    cells = {(j.data.tags["method"], j.data.tags["schedule"]) for j in jobs}
+    assert cells == {("grpo", "none"), ("tp_schedule", "constant"), ("tp_schedule", "linear")}
+    assert {j.data.tags["mlflow.runName"].rsplit("·", 1)[0] for j in jobs} == {
+        "grpo",
+        "tp_schedule·constant",
+        "tp_schedule·linear",
+    }
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert "duplicate job(s) skipped" in note and "`method` | `grpo`, `tp_schedule`" in note
     assert json.loads((tmp_path / "sweep" / "crs_sweep.json").read_text())["run_id"] == parent.info.run_id
     return client, parent, jobs
 
 
 def test_local_grid_with_a_failing_job(tmp_path):
-    """2 methods × 2 schedules × 2 seeds, joblib launcher; seed 1 of one cell is made to fail."""
+    """2 methods × 2 schedules × 2 seeds, joblib launcher (grpo's two schedules collapse into one cell)."""
     r = _crs(_grid(tmp_path, "local", ["seed=0,1", "inject_failure_at_step=null"]), tmp_path, 1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    client, parent, jobs = _check_grid(tmp_path, 8)
+    client, parent, jobs = _check_grid(tmp_path, 6)
     assert all(j.info.status == "FINISHED" for j in jobs)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    # the comparison is attached to the parent when the sweep ends
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert {"compare/table.md", "compare/curve_accuracy.png"} <= arts
+    assert "### crs compare" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
     # a second sweep (own store: MLflow caches sqlite connections per URI in this process) where one
     # job raises mid-training: the other job finishes and the failure is recorded
     other = tmp_path / "failing"
@@ -114,7 +126,7 @@ def test_slurm_grid(tmp_path):
     )
     r = _crs(args, tmp_path, 1500)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
-    client, parent, jobs = _check_grid(tmp_path, 4)
+    client, parent, jobs = _check_grid(tmp_path, 3)
     assert all(j.info.status == "FINISHED" for j in jobs)
     # the jobs really ran inside SLURM: submitit wrote the array's logs
     assert list((tmp_path / "sweep" / ".submitit").glob("*_0/*_log.out"))

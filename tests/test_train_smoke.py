@@ -14,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from crs.metric_layout import ui_key
 from crs.train import resolve_model_path, train
 
 
@@ -69,18 +70,20 @@ def test_smoke_run_is_tracked_and_learns_something(compose_cfg, tmp_path):
         "diag/entropy_bin_0",
         "diag/kl_bin_9",
     ):
-        hist = client.get_metric_history(run.info.run_id, name)
+        hist = client.get_metric_history(run.info.run_id, ui_key(name))
         assert sorted(m.step for m in hist) == list(range(1, steps + 1)), name
     rho = [
         m.value
-        for m in sorted(client.get_metric_history(run.info.run_id, "schedule/rho"), key=lambda m: m.step)
+        for m in sorted(
+            client.get_metric_history(run.info.run_id, ui_key("schedule/rho")), key=lambda m: m.step
+        )
     ]
     # the authors' clock: rollouts from 1, s_max = int(T·0.8) — for T = 3 that is ρ = 0.99·(1 − s/2)
     from crs.schedules import schedule_at_step
 
     assert rho == pytest.approx([schedule_at_step("linear", s, steps) for s in range(1, steps + 1)], abs=1e-6)
     assert rho[0] == pytest.approx(0.495, abs=1e-6) and rho == sorted(rho, reverse=True)
-    assert client.get_metric_history(run.info.run_id, "eval_accuracy")
+    assert client.get_metric_history(run.info.run_id, ui_key("eval_accuracy"))
     # artifacts: the Hydra config, rollout samples, summary, heatmaps
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "samples", "summary.json", "plots"} <= arts
@@ -99,8 +102,14 @@ def test_same_seed_same_metrics(compose_cfg, tmp_path):
     exp = client.get_experiment_by_name("crs")
     a, b = client.search_runs([exp.experiment_id])
     for name in ("reward", "loss", "entropy/all", "grad_norm"):
-        ha = [m.value for m in sorted(client.get_metric_history(a.info.run_id, name), key=lambda m: m.step)]
-        hb = [m.value for m in sorted(client.get_metric_history(b.info.run_id, name), key=lambda m: m.step)]
+        ha = [
+            m.value
+            for m in sorted(client.get_metric_history(a.info.run_id, ui_key(name)), key=lambda m: m.step)
+        ]
+        hb = [
+            m.value
+            for m in sorted(client.get_metric_history(b.info.run_id, ui_key(name)), key=lambda m: m.step)
+        ]
         assert ha == hb and ha, name
 
 
@@ -111,7 +120,7 @@ def test_failure_keeps_the_data_and_marks_the_run(compose_cfg, tmp_path):
     client = _client(tmp_path)
     run = _only_run(client)
     assert run.info.status == "FAILED" and "injected failure" in run.data.tags["error"]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "reward")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, ui_key("reward"))] == [1, 2]
 
 
 def test_tracking_none_writes_no_store(compose_cfg, tmp_path):
@@ -143,8 +152,8 @@ def test_every_method_schedule_and_loss_trains(compose_cfg, tmp_path, method, sc
     run = _only_run(client)
     assert run.info.status == "FINISHED"
     assert run.data.params["method.name"] == method and run.data.params["schedule.name"] == schedule
-    assert len(client.get_metric_history(run.info.run_id, "adv/abs_mean")) == 3
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
+    assert len(client.get_metric_history(run.info.run_id, ui_key("adv/abs_mean"))) == 3
+    assert len(client.get_metric_history(run.info.run_id, ui_key("loss"))) == 3
 
 
 def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path):
@@ -179,7 +188,7 @@ def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path):
         time.sleep(1)
         exp = client.get_experiment_by_name("crs") if (tmp_path / "mlflow.db").exists() else None
         runs = client.search_runs([exp.experiment_id]) if exp else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+        if runs and client.get_metric_history(runs[0].info.run_id, ui_key("loss")):
             run_id = runs[0].info.run_id
             break
     assert run_id is not None, proc.stderr.read() if proc.poll() is not None else "no step logged in time"
@@ -188,4 +197,4 @@ def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path):
     assert proc.returncode != 0
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and "signal" in run.data.tags["error"]
-    assert client.get_metric_history(run_id, "loss")
+    assert client.get_metric_history(run_id, ui_key("loss"))

@@ -1,0 +1,94 @@
+"""``crs compare`` command line: parse, select, load, render, plot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from crs.compare.cells import load, parse_metric_arg
+from crs.compare.plots import log_plots, plot
+from crs.compare.render import render_table, to_csv, to_json, to_markdown
+from crs.compare.selection import CompareError, resolve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="crs compare",
+        description="Compare the runs of a sweep: one row per configuration, mean ± std and 95% CI over seeds.",
+        epilog="Without a selector: the last sweep in the store, or every run of experiment 'crs' if there is none.",
+    )
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--sweep", metavar="ID", help="a sweep id, the sweep's parent run id, or its sweep dir")
+    sel.add_argument("--experiment", metavar="NAME", help="every job run of an MLflow experiment")
+    sel.add_argument(
+        "--last", action="store_true", help="the most recent sweep (parent run tagged crs.role=sweep)"
+    )
+    p.add_argument(
+        "--uri",
+        default=None,
+        help="tracking store (default: sqlite:///<cwd>/mlflow.db; a sweep dir knows its own)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "markdown", "json"),
+        default="table",
+        help="table (rich, default) or machine-readable output on stdout",
+    )
+    p.add_argument(
+        "--plot", metavar="DIR", default=None, help="write learning curves and heatmaps (PNG) to DIR"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="train accuracy for the steps-to-threshold column"
+    )
+    p.add_argument(
+        "--metric",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NAME[:max|:min]",
+        help="extra columns: a metric's last logged value (e.g. final/reward_last10:max)",
+    )
+    return p
+
+
+def main(argv: list[str]) -> None:
+    """``crs compare`` entry point (called by :func:`crs.cli.main`).
+
+    Args:
+        argv: the arguments after ``compare``.
+    """
+    args = build_parser().parse_args(argv)
+    extra = [parse_metric_arg(m) for m in args.metric]
+    machine = args.format != "table"
+    # machine formats keep stdout parseable: every human message goes to stderr
+    info = sys.stderr if machine else sys.stdout
+    try:
+        sel = resolve(args)
+        cmp = load(sel, args.threshold, extra)
+    except CompareError as err:
+        print(f"crs: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if args.format == "table":
+        render_table(cmp)
+    elif args.format == "csv":
+        sys.stdout.write(to_csv(cmp))
+    elif args.format == "markdown":
+        sys.stdout.write(to_markdown(cmp))
+    else:
+        sys.stdout.write(to_json(cmp))
+    sys.stdout.flush()
+    if args.plot:
+        paths = plot(cmp, Path(args.plot), [c.title for c in extra])
+        for p in paths:
+            print(f"wrote {p}", file=info)
+        if not paths:
+            print("crs compare: nothing to plot (no per-step metrics in the finished runs)", file=info)
+        try:
+            run_id = log_plots(cmp, paths)
+        # the PNGs are on disk already; an unreachable or read-only artifact store must not lose them
+        except Exception as err:
+            print(f"crs compare: could not log the plots to the parent run: {err}", file=sys.stderr)
+        else:
+            if run_id:
+                print(f"logged {len(paths)} plots as artifacts compare/ of parent run {run_id}", file=info)

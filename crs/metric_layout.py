@@ -1,0 +1,145 @@
+"""Metric layout for the MLflow UI: what the trainer logs → the chart a researcher looks at.
+
+MLflow draws one chart per metric key, in sections named by the key's part before the last ``/``,
+sorted alphabetically, with un-prefixed keys ("Model metrics") at the very bottom. The trainer logs
+~100 keys with TRL's and crs's own names (``reward``, ``adv/mean``, ``diag/kl_bin_3``, ``epoch`` …),
+which buries the handful that matter. So the tracking layer renames keys *at logging time* (the
+trainer's ``log_history``, progress bar and ``summary.json`` keep the original names) by rules,
+prefix → section, first match wins:
+
+==================  ==========================================================================
+section             what goes there
+==================  ==========================================================================
+``1 main``          train reward and accuracy, eval accuracy, entropy (all tokens), KL (to the
+                    reference, and of each policy update), success rate
+``2 schedule``      ρ and the knob it drives (``credit/<step>/<knob>``) — only for methods
+                    that have a driven knob; a method without one logs no schedule charts
+``3 credit``        ``credit/*``, ``adv/*``, entropy of selected/unselected tokens
+``4 rollouts``      reward spread, per-reward-function means, completion lengths, tokens
+``5 optimizer``     loss, grad norm, learning rate, clip ratios, TRL's entropy of trained tokens
+``6 eval``          the other evaluation metrics (``eval_reward``, ``eval_completions/*`` …)
+``7 diagnostics``   ``diag/*`` scalars (KL(rollout‖updated) …)
+``8 per-bin``       ``diag/*_bin_<i>`` (trajectory-percentile bins; the heatmaps under ``plots/``
+                    show them better)
+``9 trl``           TRL bookkeeping: ``epoch``, ``total_flos``, ``train_runtime``, ``step_time`` …
+``other``           any key no rule knows: ``foo/bar`` → ``other/foo.bar`` (add a rule here)
+==================  ==========================================================================
+
+Dropped: evaluation copies of training-only quantities (``eval_schedule/*``, ``eval_credit/*``,
+``eval_adv/*``, ``eval_clip_ratio/*``, ``eval_diag/*``, ``eval_entropy/*``, ``eval_loss``: no update
+happens during evaluation). End-of-run summaries (``final/*``) are not charts of one point: they
+become tags ``final.<name>`` the runs table can show as columns. Values are rounded to 6 significant
+digits (``0.16500000000000006`` → ``0.165``).
+
+``crs compare`` reads both layouts (:func:`ui_key` maps a trainer name to its MLflow key).
+
+    python -c "from crs.metric_layout import ui_key; print(ui_key('reward'), ui_key('diag/kl_bin_3'))"
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+# first match wins; a pattern is a regular expression on the trainer's key, the target a format
+# string of the section and the chart name ({0} = the whole key, {1}... = groups)
+RULES: list[tuple[str, str | None]] = [
+    # evaluation copies of training-only quantities: nothing is trained during evaluation
+    (r"eval_(schedule|credit|adv|clip_ratio|diag|entropy)/.*", None),
+    (r"eval_loss", None),
+    # 1 main: the handful a comparison starts from
+    (r"(reward|accuracy|eval_accuracy)", "1 main/{1}"),
+    (r"entropy/all", "1 main/entropy"),
+    (r"kl", "1 main/kl_to_reference"),  # TRL, when beta > 0
+    (r"diag/kl", "1 main/kl_policy_update"),  # crs: KL(rollout policy ‖ updated policy)
+    (r"(eval_)?(success_rate|success)", "1 main/{0}"),
+    # 2 schedule: rho and the knob it drives
+    (r"schedule/(.+)", "2 schedule/{1}"),
+    (r"credit/([^/]+)/([^/]+)", "2 schedule/{1}.{2}"),  # credit/<step>/<knob>: a driven knob
+    # 3 credit
+    (r"credit/(.+)", "3 credit/{1}"),
+    (r"adv/(.+)", "3 credit/adv_{1}"),
+    (r"entropy/(.+)", "3 credit/entropy_{1}"),
+    # 9 TRL bookkeeping (before the eval_ catch-all: eval_runtime is bookkeeping)
+    (
+        r"(epoch|total_flos|step_time|train_runtime|train_loss|train_samples_per_second|train_steps_per_second"
+        r"|eval_runtime|eval_samples_per_second|eval_steps_per_second|eval_num_tokens)",
+        "9 trl/{0}",
+    ),
+    # 4 rollouts
+    (r"(reward_std|frac_reward_zero_std|num_tokens)", "4 rollouts/{0}"),
+    (r"rewards/(.+)", "4 rollouts/rewards.{1}"),
+    (r"completions/(.+)", "4 rollouts/length.{1}"),
+    # 5 optimizer
+    (r"(loss|grad_norm|learning_rate)", "5 optimizer/{0}"),
+    (r"clip_ratio/(.+)", "5 optimizer/clip_ratio.{1}"),
+    (r"entropy", "5 optimizer/entropy_trained_tokens"),
+    # 6 eval: the rest of the evaluation metrics
+    (r"eval_(.+)", "6 eval/{1}"),
+    # 7/8 diagnostics
+    (r"diag/(.+_bin_\d+)", "8 per-bin/{1}"),
+    (r"diag/(.+)", "7 diagnostics/{1}"),
+]
+_COMPILED = [(re.compile(p + r"\Z"), t) for p, t in RULES]
+KNOB_SECTION = "2 schedule/"
+SUMMARY_PREFIX = "final/"
+SUMMARY_TAG = "final."
+# characters MLflow accepts in a metric key
+_BAD = re.compile(r"[^0-9A-Za-z_\-. :/]")
+
+
+def ui_key(name: str) -> str | None:
+    """The MLflow key a trainer metric is logged under (``None``: not logged)."""
+    for pattern, target in _COMPILED:
+        m = pattern.match(name)
+        if m:
+            if target is None:
+                return None
+            groups = [g.replace("/", ".") if g else "" for g in m.groups()]
+            return target.format(name.replace("/", "."), *groups)
+    if "/" in name:
+        return "other/" + name.replace("/", ".")
+    return "other/" + name
+
+
+def round_sig(value: float, digits: int = 6) -> float:
+    """``value`` rounded to ``digits`` significant digits (float noise off what the UI displays)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def summary_tag(value: float) -> str:
+    """A summary number as a tag value: 4 significant digits, no float noise, integers as integers."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{round_sig(float(value), 4):.4g}"
+
+
+class MetricLayout:
+    """Applies :data:`RULES` to one logging call.
+
+    Args:
+        knobs: whether the run's method has a knob driven by the schedule; without one, ρ and knob
+            charts are dropped (they would show a schedule that changes nothing).
+    """
+
+    def __init__(self, knobs: bool = True):
+        self.knobs = knobs
+
+    def split(self, metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+        """Trainer metrics → (MLflow metrics by UI key, tags for end-of-run summaries)."""
+        out: dict[str, float] = {}
+        tags: dict[str, str] = {}
+        for k, v in metrics.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                continue
+            if k.startswith(SUMMARY_PREFIX):
+                tags[SUMMARY_TAG + k[len(SUMMARY_PREFIX) :]] = summary_tag(v)
+                continue
+            key = ui_key(k)
+            if key is None or (not self.knobs and key.startswith(KNOB_SECTION)):
+                continue
+            out[_BAD.sub("_", key)] = round_sig(float(v))
+        return out, tags

@@ -1,0 +1,120 @@
+"""What the MLflow UI shows: metric sections, run names and tags, grid-cell deduplication, `crs ui`.
+
+pytest tests/test_ui_layout.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from crs.metric_layout import MetricLayout, round_sig, ui_key
+from crs.naming import duplicate_of, parent_description, run_name, sweep_grid
+
+
+def test_sections_put_the_handful_first():
+    main = ["reward", "accuracy", "eval_accuracy", "entropy/all", "kl", "diag/kl"]
+    assert all(ui_key(k).startswith("1 main/") for k in main)
+    assert ui_key("schedule/rho") == "2 schedule/rho"
+    assert ui_key("credit/tp_schedule/withhold") == "2 schedule/tp_schedule.withhold"  # the driven knob
+    assert ui_key("credit/trained_frac").startswith("3 credit/")
+    assert ui_key("diag/entropy_bin_3") == "8 per-bin/entropy_bin_3"
+    for k in ("epoch", "total_flos", "train_runtime", "eval_runtime", "step_time"):
+        assert ui_key(k).startswith("9 trl/"), k
+    for k in ("eval_schedule/rho", "eval_credit/trained_frac", "eval_adv/mean", "eval_loss"):
+        assert ui_key(k) is None, k  # nothing is trained during evaluation
+    assert ui_key("eval_reward") == "6 eval/reward"
+    # rule-based: new metrics land somewhere sensible without a code change
+    assert ui_key("credit/localization_share") == "3 credit/localization_share"
+    assert ui_key("success_rate") == "1 main/success_rate"
+    assert ui_key("env/turns") == "other/env.turns"
+    # MLflow sorts named sections alphabetically, un-prefixed keys last: every key has a section,
+    # and the main section sorts first
+    keys = [ui_key(k) for k in ("reward", "adv/mean", "epoch", "diag/kl_bin_0", "foo", "clip_ratio/low_min")]
+    assert all("/" in k for k in keys)
+    assert sorted(k.rsplit("/", 1)[0] for k in keys)[0] == "1 main"
+
+
+def test_layout_drops_knob_charts_without_a_knob_and_turns_summaries_into_tags():
+    logs = {
+        "schedule/rho": 0.16500000000000006,
+        "credit/tp_schedule/withhold": 0.3,
+        "reward": 0.16500000000000006,
+        "final/eval_accuracy_end": 0.1875,
+        "final/steps": 3.0,
+        "nan": float("nan"),
+    }
+    metrics, tags = MetricLayout(knobs=False).split(logs)
+    assert metrics == {"1 main/reward": 0.165}  # no schedule charts, float noise rounded away
+    assert tags == {"final.eval_accuracy_end": "0.1875", "final.steps": "3"}
+    metrics, _ = MetricLayout(knobs=True).split(logs)
+    assert set(metrics) == {"1 main/reward", "2 schedule/rho", "2 schedule/tp_schedule.withhold"}
+    assert round_sig(3.725290298461914e-08) == pytest.approx(3.72529e-08, rel=1e-9)
+
+
+def test_run_names_and_duplicates(compose_cfg):
+    ctx = {"choices": {"method": "tp_schedule", "schedule": "linear", "loss": "grpo"}}
+    assert (
+        run_name(compose_cfg("method=tp_schedule", "schedule=linear"), ctx, None) == "tp_schedule·linear·s0"
+    )
+    grpo = compose_cfg("method=grpo", "schedule=linear", "seed=1")
+    assert run_name(grpo, {"choices": {"method": "grpo", "schedule": "linear"}}, None) == "grpo·s1"
+    # a sweep over loss and lr: both in the name; grpo × {constant, linear}: one job per seed runs
+    grid = sweep_grid(
+        ["method=grpo,tp_schedule", "schedule=constant,linear", "loss=grpo,dapo", "trainer.lr=1e-5,1e-4"]
+    )
+    assert grid["schedule"] == ["constant", "linear"] and grid["trainer.lr"] == [
+        "1e-05",
+        "0.0001",
+    ]  # as Hydra writes the jobs' overrides
+    parent = {"swept_keys": list(grid), "grid": grid}
+    ov = ["method=tp_schedule", "schedule=cosine", "loss=dapo", "trainer.lr=0.0001"]
+    ctx = {"choices": {"method": "tp_schedule", "schedule": "cosine", "loss": "dapo"}, "overrides": ov}
+    cfg = compose_cfg(*ov)
+    assert run_name(cfg, ctx, parent) == "tp_schedule·cosine·dapo·lr=0.0001·s0"
+    assert duplicate_of(cfg, ctx, parent) is None  # tp_schedule has a knob: every schedule runs
+    for schedule, dup in (("constant", False), ("linear", True)):
+        ov = ["method=grpo", f"schedule={schedule}", "loss=grpo", "trainer.lr=0.0001"]
+        ctx = {"choices": {"method": "grpo", "schedule": schedule, "loss": "grpo"}, "overrides": ov}
+        reason = duplicate_of(compose_cfg(*ov), ctx, parent)
+        assert (reason is not None) == dup, schedule
+    assert "schedule=linear would repeat the job with schedule=constant" in reason
+    text = parent_description(
+        {"sweep_id": "ab12", "grid": grid, "overrides": ["debug=fast", *ov], "n_jobs": 16}
+    )
+    assert (
+        "`method` | `grpo`, `tp_schedule`" in text
+        and "`debug=fast`" in text
+        and "crs compare --sweep ab12" in text
+    )
+
+
+def test_ui_refuses_a_missing_store(tmp_path, capsys):
+    from crs.ui import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--uri", f"sqlite:///{tmp_path / 'none.db'}", "--no-browser"])
+    assert exc.value.code == 2 and "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_ui_links_and_command(tmp_path):
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from crs.ui import find_experiment, links, server_command
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("crs")
+    other = client.create_experiment("other")
+    parent = client.create_run(other, tags={"crs.role": "sweep"}).info.run_id
+    assert find_experiment(uri) == (other, parent)  # the experiment of the last sweep
+    assert find_experiment(uri, "crs") == (exp, None)
+    urls = dict(links("http://h:1", other, parent))
+    assert urls["training runs"].startswith(
+        f"http://h:1/#/experiments/{other}/runs?workflowType=machine_learning"
+    )
+    assert urls["last sweep (parent run)"].startswith(f"http://h:1/#/experiments/{other}/runs/{parent}?")
+    cmd = server_command(uri, "127.0.0.1", 5000, 1)
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"] and cmd[cmd.index("--workers") + 1] == "1"
