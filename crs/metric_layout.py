@@ -12,10 +12,11 @@ section             what goes there
 ==================  ==========================================================================
 ``1 main``          train reward and accuracy, eval accuracy, entropy (all tokens), KL (to the
                     reference, and of each policy update), success rate
-``2 schedule``      ρ and the knob it drives (``credit/<step>/<knob>``) — only for methods
-                    that have a driven knob; a method without one logs no schedule charts
+``2 schedule``      ρ and the knob it drives (``credit/<step>/<knob>`` of a driven knob) — only
+                    for methods that have one; a method without one logs no schedule charts
 ``3 credit``        ``credit/*``, ``adv/*``, entropy of selected/unselected tokens
-``4 rollouts``      reward spread, per-reward-function means, completion lengths, tokens
+``4 rollouts``      reward spread, per-reward-function means, completion lengths, tokens,
+                    multi-turn environment counts (``env/*``; ``env/success`` is in ``1 main``)
 ``5 optimizer``     loss, grad norm, learning rate, clip ratios, TRL's entropy of trained tokens
 ``6 eval``          the other evaluation metrics (``eval_reward``, ``eval_completions/*`` …)
 ``7 diagnostics``   ``diag/*`` scalars (KL(rollout‖updated) …)
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 # first match wins; a pattern is a regular expression on the trainer's key, the target a format
 # string of the section and the chart name ({0} = the whole key, {1}... = groups)
@@ -54,9 +55,9 @@ RULES: list[tuple[str, str | None]] = [
     (r"kl", "1 main/kl_to_reference"),  # TRL, when beta > 0
     (r"diag/kl", "1 main/kl_policy_update"),  # crs: KL(rollout policy ‖ updated policy)
     (r"(eval_)?(success_rate|success)", "1 main/{0}"),
-    # 2 schedule: rho and the knob it drives
+    (r"env/success", "1 main/success"),  # multi-turn environments (crs/envs)
+    # 2 schedule: rho and the knob it drives (credit/<step>/<knob> when <step>/<knob> is driven: see ui_key)
     (r"schedule/(.+)", "2 schedule/{1}"),
-    (r"credit/([^/]+)/([^/]+)", "2 schedule/{1}.{2}"),  # credit/<step>/<knob>: a driven knob
     # 3 credit
     (r"credit/(.+)", "3 credit/{1}"),
     (r"adv/(.+)", "3 credit/adv_{1}"),
@@ -71,6 +72,7 @@ RULES: list[tuple[str, str | None]] = [
     (r"(reward_std|frac_reward_zero_std|num_tokens)", "4 rollouts/{0}"),
     (r"rewards/(.+)", "4 rollouts/rewards.{1}"),
     (r"completions/(.+)", "4 rollouts/length.{1}"),
+    (r"env/(.+)", "4 rollouts/env.{1}"),
     # 5 optimizer
     (r"(loss|grad_norm|learning_rate)", "5 optimizer/{0}"),
     (r"clip_ratio/(.+)", "5 optimizer/clip_ratio.{1}"),
@@ -89,8 +91,17 @@ SUMMARY_TAG = "final."
 _BAD = re.compile(r"[^0-9A-Za-z_\-. :/]")
 
 
-def ui_key(name: str) -> str | None:
-    """The MLflow key a trainer metric is logged under (``None``: not logged)."""
+def ui_key(name: str, knobs: Collection[str] = ()) -> str | None:
+    """The MLflow key a trainer metric is logged under (``None``: not logged).
+
+    Args:
+        name: the trainer's metric name.
+        knobs: the run's driven knobs (``<step>/<knob>``, :meth:`crs.credit.CreditChain.knobs`);
+            ``credit/<step>/<knob>`` of a driven knob goes to ``2 schedule``, other per-step credit
+            statistics (``credit/gigpo/…``) to ``3 credit``.
+    """
+    if name.startswith("credit/") and name[len("credit/") :] in knobs:
+        return "2 schedule/" + name[len("credit/") :].replace("/", ".")
     for pattern, target in _COMPILED:
         m = pattern.match(name)
         if m:
@@ -121,12 +132,12 @@ class MetricLayout:
     """Applies :data:`RULES` to one logging call.
 
     Args:
-        knobs: whether the run's method has a knob driven by the schedule; without one, ρ and knob
+        knobs: the run's driven knobs (``<step>/<knob>``, the ``drives`` tag); without any, ρ
             charts are dropped (they would show a schedule that changes nothing).
     """
 
-    def __init__(self, knobs: bool = True):
-        self.knobs = knobs
+    def __init__(self, knobs: Collection[str] = ()):
+        self.knobs = set(knobs)
 
     def split(self, metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, str]]:
         """Trainer metrics → (MLflow metrics by UI key, tags for end-of-run summaries)."""
@@ -138,7 +149,7 @@ class MetricLayout:
             if k.startswith(SUMMARY_PREFIX):
                 tags[SUMMARY_TAG + k[len(SUMMARY_PREFIX) :]] = summary_tag(v)
                 continue
-            key = ui_key(k)
+            key = ui_key(k, self.knobs)
             if key is None or (not self.knobs and key.startswith(KNOB_SECTION)):
                 continue
             out[_BAD.sub("_", key)] = round_sig(float(v))

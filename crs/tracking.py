@@ -135,7 +135,8 @@ class MlflowTracker(NullTracker):
         self.run_id = run.info.run_id
         from crs.metric_layout import MetricLayout
 
-        self.layout = MetricLayout(knobs=all_tags.get("drives") != "none")
+        drives = all_tags.get("drives", "none")
+        self.layout = MetricLayout(knobs=[] if drives == "none" else drives.split(","))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -64,7 +64,7 @@ def new_layout(pairs):
     """Pairs as crs.tracking logs them now: UI keys (``1 main/accuracy``), ``final/*`` as tags."""
     out, tags = [], {}
     for k, v, step in pairs:
-        metrics, t = MetricLayout().split({k: v})
+        metrics, t = MetricLayout(knobs=["tp_schedule/withhold"]).split({k: v})
         out += [(key, val, step) for key, val in metrics.items()]
         tags.update(t)
     return out, tags

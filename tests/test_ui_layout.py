@@ -15,7 +15,12 @@ def test_sections_put_the_handful_first():
     main = ["reward", "accuracy", "eval_accuracy", "entropy/all", "kl", "diag/kl"]
     assert all(ui_key(k).startswith("1 main/") for k in main)
     assert ui_key("schedule/rho") == "2 schedule/rho"
-    assert ui_key("credit/tp_schedule/withhold") == "2 schedule/tp_schedule.withhold"  # the driven knob
+    # the driven knob goes with ρ; other per-step credit statistics stay in the credit section
+    assert (
+        ui_key("credit/tp_schedule/withhold", ["tp_schedule/withhold"]) == "2 schedule/tp_schedule.withhold"
+    )
+    assert ui_key("credit/gigpo/step_groups") == "3 credit/gigpo.step_groups"
+    assert ui_key("env/success") == "1 main/success" and ui_key("env/turns") == "4 rollouts/env.turns"
     assert ui_key("credit/trained_frac").startswith("3 credit/")
     assert ui_key("diag/entropy_bin_3") == "8 per-bin/entropy_bin_3"
     for k in ("epoch", "total_flos", "train_runtime", "eval_runtime", "step_time"):
@@ -26,7 +31,7 @@ def test_sections_put_the_handful_first():
     # rule-based: new metrics land somewhere sensible without a code change
     assert ui_key("credit/localization_share") == "3 credit/localization_share"
     assert ui_key("success_rate") == "1 main/success_rate"
-    assert ui_key("env/turns") == "other/env.turns"
+    assert ui_key("tool/latency") == "other/tool.latency"
     # MLflow sorts named sections alphabetically, un-prefixed keys last: every key has a section,
     # and the main section sorts first
     keys = [ui_key(k) for k in ("reward", "adv/mean", "epoch", "diag/kl_bin_0", "foo", "clip_ratio/low_min")]
@@ -43,10 +48,11 @@ def test_layout_drops_knob_charts_without_a_knob_and_turns_summaries_into_tags()
         "final/steps": 3.0,
         "nan": float("nan"),
     }
-    metrics, tags = MetricLayout(knobs=False).split(logs)
-    assert metrics == {"1 main/reward": 0.165}  # no schedule charts, float noise rounded away
+    metrics, tags = MetricLayout(knobs=()).split(logs)
+    # no ρ chart, a knob-like statistic that is not driven stays with credit, float noise rounded away
+    assert metrics == {"1 main/reward": 0.165, "3 credit/tp_schedule.withhold": 0.3}
     assert tags == {"final.eval_accuracy_end": "0.1875", "final.steps": "3"}
-    metrics, _ = MetricLayout(knobs=True).split(logs)
+    metrics, _ = MetricLayout(knobs=["tp_schedule/withhold"]).split(logs)
     assert set(metrics) == {"1 main/reward", "2 schedule/rho", "2 schedule/tp_schedule.withhold"}
     assert round_sig(3.725290298461914e-08) == pytest.approx(3.72529e-08, rel=1e-9)
 
