@@ -562,7 +562,20 @@ def test_all_failed_cell_still_shows(store, capsys):
     assert "not finished" in out and "RUNNING" in out
 
 
-def test_plots_written_and_logged(store, tmp_path, capsys):
+def test_plots_written_and_logged(store, tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn = {}  # file name → [(label, linestyle, marker, n points)] of the curves on it
+    save = Figure.savefig
+
+    def spy(fig, path, *args, **kwargs):
+        lines = [ln for ax in fig.axes for ln in ax.get_lines() if not ln.get_label().startswith("threshold")]
+        drawn[Path(path).name] = [
+            (ln.get_label(), ln.get_linestyle(), ln.get_marker(), len(ln.get_xdata())) for ln in lines
+        ]
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
     out_dir = tmp_path / "plots"
     capsys.readouterr()
     main(["--last", "--uri", store["uri"], "--plot", str(out_dir), "--format", "json"])
@@ -583,3 +596,10 @@ def test_plots_written_and_logged(store, tmp_path, capsys):
         assert f"wrote {p}" in captured.err
     logged = {Path(a.path).name for a in store["client"].list_artifacts(store["parent"], "compare")}
     assert logged == expected
+    # four cells, four different (dash pattern, marker) pairs: coinciding curves stay visible
+    for name in ("curve_accuracy.png", "curve_eval_accuracy.png"):
+        styles = [(ls, marker) for _, ls, marker, _ in drawn[name]]
+        assert len(drawn[name]) == 4 and len(set(styles)) == 4, drawn[name]
+        assert len({ls for ls, _ in styles}) > 1, "every cell drawn with the same dash pattern"
+    # evaluations (3 per run) are lines with markers, not dots
+    assert all(ls not in ("None", "", " ") and n == 3 for _, ls, _, n in drawn["curve_eval_accuracy.png"])

@@ -233,6 +233,10 @@ def test_parent_run_has_the_grid_and_the_comparison(ui, page):
     assert "grid.method" in body  # the grid as params
     for child in ("grpo·s0", "tp_schedule·linear·s1"):
         assert child in body, child  # "Child runs"
+    more = page.get_by_text("Show more", exact=True)
+    if more.count():  # unfold the description for the screenshot
+        more.first.click()
+        page.get_by_text("Steps to acc≥0.5", exact=False).first.wait_for(timeout=10_000)
     _shot(page, "ui_parent")
 
 
@@ -247,6 +251,8 @@ def test_child_charts_are_in_crs_sections(ui, page):
     page.get_by_text("1 main", exact=False).first.wait_for(timeout=60_000)
     _close_assistant(page)
     page.get_by_text("kl_policy_update", exact=True).first.wait_for(timeout=30_000)
+    # the charts have drawn when their legends show
+    page.get_by_text("tp_schedule·linear·s0 (1 main/accuracy)", exact=False).first.wait_for(timeout=60_000)
     body = page.inner_text("body")
     for section in ("1 main", "2 schedule", "3 credit", "9 trl"):
         assert section in body, section
