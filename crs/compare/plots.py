@@ -74,6 +74,7 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
         n_steps = max((len(hist.get(r.run_id, metric)) for c in cmp.cells for r in c.finished), default=0)
         window = 1 if metric.startswith("eval_") or n_steps < 40 else max(3, round(n_steps / 30))
         drawn = 0
+        every = max(len(cmp.cells), n_steps // 12)  # one marker per cell every `every` steps
         for i, cell in enumerate(cmp.cells):
             by_step: dict[int, list[float]] = defaultdict(list)
             runs = 0
@@ -97,8 +98,11 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
                 ls=LINESTYLES[i % len(LINESTYLES)],
                 lw=1.6,
                 marker=MARKERS[i % len(MARKERS)],
-                ms=4 if len(steps) <= 30 else 3,
-                markevery=max(1, len(steps) // 15),
+                # few points (evaluations): every point marked, later cells smaller and on top, so
+                # identical curves show nested markers; many points: markers staggered between cells
+                ms=max(3.0, 8.0 - 1.5 * i) if len(steps) <= 6 else 4,
+                markevery=1 if len(steps) <= 6 else (i % every, every),
+                zorder=2 + i,
                 label=f"{cell.label} (n={runs})",
             )
             if runs > 1:
