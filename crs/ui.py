@@ -92,7 +92,9 @@ def install_view(uri: str, exp_id: str, parent_id: str | None) -> None:
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
         "selectedColumns": VIEW_COLUMNS,
-        "columnWidths": {"attributes.`Run Name`": 250},  # room for tp_schedule·linear·lr=1e-05·s0
+        # the UI applies widths only to the columns listed in columnOrder (ag-grid column ids)
+        "columnOrder": ["attributes.`Run Name`", *VIEW_COLUMNS, "runDateAndNestInfo", "duration"],
+        "columnWidths": {"attributes.`Run Name`": 250, **{c: 120 for c in VIEW_COLUMNS}},
         "runsExpanded": {parent_id: True} if parent_id else {},
         "runsPinned": [],
         "runsHidden": [],
