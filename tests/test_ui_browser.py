@@ -231,8 +231,8 @@ def test_parent_run_has_the_grid_and_the_comparison(ui, page):
     assert "duplicate job(s) skipped" in body and "crs compare --sweep b10c4e57" in body
     assert "eval acc (end)" in body and "percentile bootstrap" in body  # the compare table
     assert "grid.method" in body  # the grid as params
-    for child in ("grpo·s0", "tp_schedule·linear·s1"):
-        assert child in body, child  # "Child runs"
+    for child in ("grpo·s0", "tp_schedule·linear·s1"):  # "Child runs" (loaded after the page)
+        page.get_by_text(child, exact=False).first.wait_for(timeout=30_000)
     more = page.get_by_text("Show more", exact=True)
     if more.count():  # unfold the description for the screenshot
         more.first.click()
