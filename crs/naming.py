@@ -90,14 +90,25 @@ def job_tags(cfg: Any, ctx: Mapping[str, Any]) -> dict[str, str]:
 # sweeps
 
 
-def sweep_grid(task_overrides: list[str]) -> dict[str, list[str]]:
-    """``{key: [values]}`` of the sweep overrides (``method=grpo,tp_schedule`` → ``["grpo", "tp_schedule"]``)."""
+def sweep_grid(
+    task_overrides: list[str], sweeper_params: Mapping[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """``{key: [values]}`` of a sweep (``method=grpo,tp_schedule`` → ``["grpo", "tp_schedule"]``).
+
+    Grids in ``sweeps/*.yaml`` come as ``hydra.sweeper.params``; the command line wins over them, and a
+    plain ``key=value`` there fixes a key the grid file sweeps (as Hydra's basic sweeper does).
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     grid: dict[str, list[str]] = {}
-    for o in OverridesParser.create().parse_overrides(task_overrides):
+    items = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(task_overrides)
+    for o in parser.parse_overrides(items):
+        key = o.get_key_element().lstrip("+~")
         if o.is_sweep_override():
-            grid[o.get_key_element().lstrip("+~")] = [str(v) for v in o.sweep_string_iterator()]
+            grid[key] = [str(v) for v in o.sweep_string_iterator()]
+        else:
+            grid.pop(key, None)
     return grid
 
 

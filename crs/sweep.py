@@ -102,7 +102,7 @@ class MlflowSweepCallback(Callback):
         choices = config.hydra.runtime.get("choices", {})
         from crs.naming import parent_name, sweep_grid
 
-        grid = sweep_grid(overrides)
+        grid = sweep_grid(overrides, params)
         config_name = str(config.hydra.job.get("config_name") or "train")
         run = client.create_run(
             exp_id,

@@ -73,6 +73,11 @@ def test_run_names_and_duplicates(compose_cfg):
         "0.0001",
     ]  # as Hydra writes the jobs' overrides
     parent = {"swept_keys": list(grid), "grid": grid}
+    # a grid file's sweeper params, with the command line winning (and fixing a swept key)
+    from_file = sweep_grid(
+        ["seed=0,1,2", "schedule=linear"], {"method": "grpo,tp_schedule", "schedule": "a,b", "seed": "0"}
+    )
+    assert from_file == {"method": ["grpo", "tp_schedule"], "seed": ["0", "1", "2"]}
     ov = ["method=tp_schedule", "schedule=cosine", "loss=dapo", "trainer.lr=0.0001"]
     ctx = {"choices": {"method": "tp_schedule", "schedule": "cosine", "loss": "dapo"}, "overrides": ov}
     cfg = compose_cfg(*ov)
