@@ -121,6 +121,7 @@ def links(base: str, exp_id: str | None, parent_id: str | None) -> list[tuple[st
 def server_command(uri: str, host: str, port: int, workers: int) -> list[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    cmd += ["--uvicorn-opts", "--no-access-log"]  # one line per UI request would bury the printed links
     if uri.startswith("sqlite:///"):  # new experiments keep their artifacts beside the store
         root = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
         cmd += ["--default-artifact-root", root]
@@ -178,6 +179,7 @@ def main(argv: list[str]) -> None:
     cores = os.cpu_count() or 1
     workers = args.workers or (1 if cores <= 4 else 2)
     env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")  # library deprecations in the server log
     if cores <= 4:
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # no GenAI job runner
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
