@@ -31,6 +31,9 @@ def test_sections_put_the_handful_first():
     # rule-based: new metrics land somewhere sensible without a code change
     assert ui_key("credit/localization_share") == "3 credit/localization_share"
     assert ui_key("success_rate") == "1 main/success_rate"
+    assert (
+        ui_key("loc/adv_share") == "3 credit/loc.adv_share" and ui_key("int/failed") == "3 credit/int.failed"
+    )
     assert ui_key("tool/latency") == "other/tool.latency"
     # MLflow sorts named sections alphabetically, un-prefixed keys last: every key has a section,
     # and the main section sorts first
