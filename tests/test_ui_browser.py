@@ -15,6 +15,7 @@ does not work offline); skips otherwise.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -40,6 +41,9 @@ ARGS = [
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install -y chromium)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("playwright") is None, reason="no playwright (pip install playwright)"
+    ),
 ]
 
 
@@ -178,7 +182,8 @@ def ui(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(ui, tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
+
     shots = Path(os.environ.get("CRS_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
