@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from crs.metric_layout import MetricLayout, round_sig, ui_key
-from crs.naming import duplicate_of, parent_description, run_name, sweep_grid
+from crs.naming import default_choice, duplicate_of, parent_description, run_name, sweep_grid
 
 
 def test_sections_put_the_handful_first():
@@ -61,9 +61,15 @@ def test_layout_drops_knob_charts_without_a_knob_and_turns_summaries_into_tags()
 
 
 def test_run_names_and_duplicates(compose_cfg):
-    ctx = {"choices": {"method": "tp_schedule", "schedule": "linear", "loss": "grpo"}}
+    ctx = {"choices": {"method": "tp_schedule", "schedule": "linear", "loss": default_choice("loss")}}
     assert (
         run_name(compose_cfg("method=tp_schedule", "schedule=linear"), ctx, None) == "tp_schedule·linear·s0"
+    )
+    assert default_choice("loss") == "token_mean"  # the default preset stays out of names
+    ctx["choices"]["loss"] = "dapo"  # ... another one is part of the name
+    assert (
+        run_name(compose_cfg("method=tp_schedule", "schedule=linear"), ctx, None)
+        == "tp_schedule·linear·dapo·s0"
     )
     grpo = compose_cfg("method=grpo", "schedule=linear", "seed=1")
     assert run_name(grpo, {"choices": {"method": "grpo", "schedule": "linear"}}, None) == "grpo·s1"
