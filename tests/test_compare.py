@@ -603,3 +603,22 @@ def test_plots_written_and_logged(store, tmp_path, capsys, monkeypatch):
         assert len({ls for ls, _ in styles}) > 1, "every cell drawn with the same dash pattern"
     # evaluations (3 per run) are lines with markers, not dots
     assert all(ls not in ("None", "", " ") and n == 3 for _, ls, _, n in drawn["curve_eval_accuracy.png"])
+
+
+def test_credit_localization_columns_read_the_ui_layout(tmp_path, capsys):
+    """Step-level runs log loc/* (crs/steps); the table shows each run's mean over steps, per cell."""
+    uri, client, exp_id = new_store(tmp_path)
+    for seed, shares in enumerate(([0.2, 0.4], [0.6, 0.8])):
+        pairs = [("loc/adv_share", v, s) for s, v in enumerate(shares, 1)] + [("accuracy", 0.5, 1)]
+        tags = {
+            "crs.role": "job",
+            "method": "pure_rule",
+            "schedule": "constant",
+            "loss": "grpo",
+            "seed": seed,
+        }
+        make_run(client, exp_id, tags, "FINISHED", pairs, layout=True)
+    data = run_json(capsys, "--experiment", "crs", "--uri", uri)
+    (cell,) = data["cells"]
+    assert data["columns"]["loc_adv_share"]["title"] == "credit on decisive (adv)"
+    assert cell["metrics"]["loc_adv_share"]["mean"] == pytest.approx((0.3 + 0.7) / 2)
