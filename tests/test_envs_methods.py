@@ -263,3 +263,63 @@ def test_matchtir_turn_rewards_and_dual_advantage():
         ]
     )
     assert torch.allclose(A, exp, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ A²TGPO
+
+
+def test_a2tgpo_turn_group_norm_accumulation_and_clip():
+    from crs.envs.a2tgpo import (
+        a2tgpo_advantages,
+        clip_scale,
+        rescaled_accumulation,
+        turn_group_norm,
+        turn_positions,
+    )
+
+    # one prompt, two rollouts. ep0: tool, tool, answer; ep1: tool, answer (turn index groups {0: both}, {1: ep0})
+    tb = _turns([["a", "b", "c"], ["a", "d"]], [[0, 0, 0], [0, 0]], outcome=[1.0, 0.0])
+    tb.has_call = torch.tensor([[1.0, 1, 0], [1, 0, 0]])
+    assert turn_positions(tb).tolist() == [[0, 1, -1], [0, -1, -1]]
+    ig = torch.tensor([[0.5, 0.2, 0.0], [-0.1, 0.0, 0.0]])
+    ig_hat = turn_group_norm(ig, tb)
+    # group t=0: (0.5, -0.1): mean 0.2, population std 0.3 -> ±1 ; group t=1 is a singleton -> 0
+    assert ig_hat[0, 0].item() == pytest.approx(0.3 / (math.sqrt(0.09 + 1e-8) + 1e-6), rel=1e-5)
+    assert ig_hat[1, 0].item() == pytest.approx(-ig_hat[0, 0].item())
+    assert ig_hat[0, 1].item() == 0.0
+    h = torch.tensor([[1.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])
+    D, n = rescaled_accumulation(h, tb, gamma=0.5)
+    assert D.tolist() == [[1.0 + 0.5 * 2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]
+    assert n.tolist() == [[2.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    assert clip_scale(torch.tensor([0.0]), 0.3).item() == pytest.approx(1.0)
+    assert clip_scale(torch.tensor([100.0]), 0.3).item() == pytest.approx(1.3)
+    assert clip_scale(torch.tensor([-100.0]), 0.3).item() == pytest.approx(0.7)
+    A, c, ih = a2tgpo_advantages(tb, ig, gamma=1.0, alpha=0.3, beta=0.3)
+    r_hat = 0.5 / (math.sqrt(0.25 + 1e-8) + 1e-6)  # outcome (1, 0) z-scored
+    x = ih[0, 0].item()
+    assert A[0, 0].item() == pytest.approx(r_hat + 0.3 * (x + 0.0) / math.sqrt(2), rel=1e-5)
+    assert A[0, 1].item() == pytest.approx(r_hat, rel=1e-5)  # singleton turn group: îg = 0
+    assert A[0, 2].item() == pytest.approx(r_hat, rel=1e-5)  # answer turn: outcome only
+    assert A[1, 0].item() == pytest.approx(-r_hat + 0.3 * (-x) / 1.0, rel=1e-5)
+    assert c[0, 0].item() == pytest.approx(1 + 0.3 * (2 * torch.sigmoid(torch.tensor(x)).item() - 1))
+    assert c[0, 2].item() == 1.0 and c[1, 1].item() == 1.0  # answer turns keep the base range
+
+
+# --------------------------------------------------------------------------------------------- R³L
+
+
+def test_r3l_pivot_mask_trains_only_the_diverging_suffix():
+    from crs.envs.r3l import pivot_suffix_mask, pivot_token_mask
+
+    # first attempt and retry share turn 0 (pivot = 1): turn 0 is masked in BOTH, tool tokens stay 0
+    first = torch.tensor([[1, 1, 0, 0, 1, 1, 0, 1, 0]])
+    retry = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 1, 1]])
+    both = torch.cat([first, retry])
+    out = pivot_suffix_mask(both, torch.tensor([1, 1]))
+    assert out.tolist() == [[0, 0, 0, 0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 1, 0, 1, 1, 1]]
+    assert pivot_suffix_mask(both, torch.tensor([0, 2])).tolist() == [
+        [1, 1, 0, 0, 1, 1, 0, 1, 0],
+        [0, 0, 0, 0, 0, 0, 1, 1, 1],
+    ]
+    assert pivot_suffix_mask(first, torch.tensor([9])).sum() == 0
+    assert pivot_token_mask(torch.tensor([[1, 1, 1, 1, 0]]), torch.tensor([2])).tolist() == [[0, 0, 1, 1, 0]]

@@ -78,6 +78,10 @@ class CalcEnv(TurnEnv):
         self.answer = row.get("answer")
         return None
 
+    def _ig_target(self) -> str:
+        """A²TGPO's ground truth: the answer turn the policy should end with."""
+        return f"Answer: {self.answer}"
+
     def _call(self, name: str, a: Any, b: Any, fn: Callable[[int, int], int]) -> str:
         self.moves += 1
         anchor = f"call{len(self.steps)}"

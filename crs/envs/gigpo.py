@@ -105,7 +105,7 @@ def _gigpo_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
     )
 
 
-@register_credit("gigpo")
+@register_credit("gigpo", ranges={"omega": "[0, inf)", "gamma": "[0, 1]", "invalid_penalty": "[0, inf)"})
 def gigpo(
     batch,
     omega: float = 1.0,

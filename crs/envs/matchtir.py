@@ -197,7 +197,7 @@ def _matchtir_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
     )
 
 
-@register_credit("matchtir")
+@register_credit("matchtir", ranges={"lam": "[0, 1]", "unmatched_penalty": "[-1, 0]", "reg": "(0, inf)"})
 def matchtir(
     batch,
     kind: str = "hard",

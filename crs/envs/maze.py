@@ -147,6 +147,10 @@ class MazeEnv(TurnEnv):
     def _observation(self) -> str:
         return self._state()
 
+    def _ig_target(self) -> str:
+        """A²TGPO's ground truth [INF]: the maze has no answer text; the episode-ending reply ``done``."""
+        return "done"
+
     @property
     def over(self) -> bool:
         return self.success or self.moves >= self.cfg.max_turns

@@ -317,7 +317,7 @@ def turn_hook(trainer, inputs: list[dict[str, Any]], out: dict[str, Any]) -> dic
     if method.needs_ig:
         from crs.envs.a2tgpo import information_gain
 
-        turns.ig = information_gain(trainer, out, rows, tok_turn, off)
+        turns.ig = information_gain(trainer, out, rows, tok_turn, off, args.get("ig_type", "log_prob_diff"))
     credit = method.fn(turns, group, **args)
     for k, v in credit.metrics.items():
         metrics[f"credit/{p.step.name}/{k}"].append(float(v))

@@ -1,0 +1,220 @@
+"""Environments (maze, calc_tool), the chat format, and the trainer wiring on TRL's environment_factory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crs.benchmarks import build_benchmark
+from crs.envs import default_bench_cfg
+from crs.envs.calc import CalcEnv, final_answer
+from crs.envs.chat import CHAT_TEMPLATE, build_chat_tokenizer, render
+from crs.envs.maze import MazeConfig, MazeEnv, make_task
+
+# ---------------------------------------------------------------------------------------- environments
+
+
+def test_maze_is_deterministic_and_observations_repeat():
+    a, b = make_task(7), make_task(7)
+    assert a == b and make_task(8) != a
+    e1, e2 = MazeEnv(), MazeEnv()
+    o1, o2 = e1.reset(task=7), e2.reset(task=7)
+    assert o1 == o2  # the same task starts every rollout in the same observed state
+    d = a.best_moves(a.start)[0]
+    assert e1.move(d) == e2.move(d)
+    assert e1.steps[0].anchor == e2.steps[0].anchor == o1.strip()  # anchor = state before the step
+
+
+def test_maze_rewards_penalty_max_turns_and_validity():
+    cfg = MazeConfig(max_turns=3, step_penalty=0.05)
+    env = MazeEnv(cfg)
+    env.reset(task=3)
+    env.move("sideways")  # invalid direction: a wasted move
+    assert env.steps[-1].valid is False and env.steps[-1].reward == pytest.approx(-0.05)
+    # walk the shortest path from wherever we are; success gives +1 - penalty
+    env2 = MazeEnv(MazeConfig(max_turns=20))
+    env2.reset(task=3)
+    while not env2.success:
+        env2.move(env2.task.best_moves(env2.pos)[0])
+    assert env2.steps[-1].reward == pytest.approx(0.95)
+    assert sum(s.reward for s in env2.steps) == pytest.approx(1 - 0.05 * env2.moves)
+    assert env2.move("up") == "over" and env2.steps[-1].valid is False
+    env.move("up"), env.move("up")
+    assert env.over and env.moves == 3
+
+
+def test_calc_tools_log_calls_and_gold_trace():
+    bench = build_benchmark({"name": "calc_tool", "n_train": 8, "n_eval": 4}, 0)
+    row = bench.train[0]
+    gold = json.loads(row["gold_calls"])
+    env = CalcEnv()
+    env.reset(**row)
+    acc = None
+    for call in gold:  # replaying the gold trace reproduces the answer
+        acc = getattr(env, call["name"])(**call["arguments"])
+    assert acc == row["answer"]
+    assert [(s.name, s.args) for s in env.steps] == [(c["name"], c["arguments"]) for c in gold]
+    assert env.add("x", 2) == "error" and env.steps[-1].valid is False
+    assert final_answer([{"role": "assistant", "content": "Answer: 12"}]) == "12"
+    assert bench.reward_funcs[0](
+        [[{"role": "assistant", "content": f"Answer: {row['answer']}"}]], [row["answer"]]
+    ) == [1.0]
+
+
+def test_chat_format_supports_trl_tool_calling():
+    from trl.chat_template_utils import (
+        is_chat_template_prefix_preserving,
+        parse_response,
+        supports_tool_calling,
+    )
+
+    tok = build_chat_tokenizer(["maze\n#..G\nmove direction=up\nadd a=3 b=4"] * 4, 160)
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert supports_tool_calling(tok) and is_chat_template_prefix_preserving(tok)
+    msgs = [{"role": "user", "content": "hi"}]
+    prefix = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tok("<call>add a=3 b=4</call></s>", add_special_tokens=False)["input_ids"]
+
+    def add(a: int, b: int) -> str:
+        """Add.
+
+        Args:
+            a: first.
+            b: second.
+        """
+        return str(a + b)
+
+    parsed = parse_response(tok, ids, prefix=prefix, tools=[add])
+    assert parsed["tool_calls"][0]["function"] == {"name": "add", "arguments": {"a": 3, "b": 4}}
+    conv = msgs + [
+        {"role": "assistant", "content": "", "tool_calls": parsed["tool_calls"]},
+        {"role": "tool", "name": "add", "content": "7"},
+    ]
+    assert tok.apply_chat_template(conv, tokenize=False) == render(conv)
+
+
+# ------------------------------------------------------------------------------------ trainer wiring
+
+
+@pytest.fixture(scope="module")
+def calc_policy(tmp_path_factory):
+    """A tiny calc_tool policy (40 SFT steps on clean gold traces, seconds on an idle CPU) that emits real tool calls."""
+    from crs.envs.policy import ensure_env_policy
+
+    cfg = default_bench_cfg("calc_tool")
+    cfg.update(n_train=64, n_eval=8, max_terms=3)
+    pol = dict(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        n_sft=320,
+        sft_steps=40,
+        error_rate=0.0,
+        eval_tasks=0,
+        vocab_size=160,
+        max_position_embeddings=128,
+        sft_batch_size=16,
+    )
+    cfg["policy"] = pol
+    path = ensure_env_policy(pol, cfg, tmp_path_factory.mktemp("envcache"), show_progress=False)
+    return path, cfg
+
+
+def _trainer(path, cfg, credit, tmp_path, **overrides):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crs.credit import CreditChain
+    from crs.envs.chat import ensure_response_template
+    from crs.testing import cpu_grpo_config
+    from crs.trainer import CreditGRPOTrainer
+
+    bench = build_benchmark(cfg, 0)
+    tok = ensure_response_template(AutoTokenizer.from_pretrained(path))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    args = cpu_grpo_config(
+        tmp_path,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=64,
+        max_tool_calling_iterations=4,
+        **overrides,
+    )
+    tr = CreditGRPOTrainer(
+        model=model,
+        reward_funcs=bench.reward_funcs,
+        args=args,
+        train_dataset=bench.train,
+        processing_class=tok,
+        credit=CreditChain(credit),
+        schedule=lambda p: 1.0,
+        environment_factory=bench.info["environment_factory"],
+    )
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    return tr
+
+
+def _rollout(tr):
+    torch.manual_seed(0)
+    return tr._prepare_inputs(next(iter(tr.get_train_dataloader())))
+
+
+def _capture_loss_inputs(monkeypatch):
+    from trl import GRPOTrainer
+
+    seen = {}
+    orig = GRPOTrainer.compute_loss
+
+    def spy(self, model, inputs, *a, **k):
+        out = orig(self, model, inputs, *a, **k)
+        seen.update(inputs)  # after TRL's loss: the advantages crs wrote inside it
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", spy)
+    return seen
+
+
+def test_turn_structure_in_batch_and_matchtir_advantages_reach_the_loss(calc_policy, tmp_path, monkeypatch):
+    path, cfg = calc_policy
+    tr = _trainer(path, cfg, {"matchtir": {}}, tmp_path)
+    inputs = _rollout(tr)
+    cm, tm = inputs["completion_mask"].float(), inputs["tool_mask"].float()
+    assert (tm == 0).any(), "the policy should have called a tool at least once"
+    ti = inputs["crs_turn_index"]
+    assert ((ti >= 0) == (cm * tm > 0)).all()  # every trained token belongs to a turn; tool tokens to none
+    adv = inputs["crs_turn_adv"]
+    assert (adv[(cm * tm) == 0] == 0).all()
+    m = tr._metrics["train"]
+    for key in (
+        "env/turns",
+        "env/tool_calls",
+        "env/valid_calls",
+        "env/success",
+        "credit/matchtir/call_reward",
+    ):
+        assert key in m, key
+    assert m["env/turns"][-1] >= 1
+    seen = _capture_loss_inputs(monkeypatch)
+    tr.compute_loss(tr.model, inputs)
+    assert torch.allclose(seen["advantages"], adv * cm * tm)  # the turn advantages are what TRL's loss used
+
+
+def test_tp_schedule_composes_with_tool_mask(calc_policy, tmp_path, monkeypatch):
+    """TP-Schedule writes tool_mask too: the two must multiply (tool tokens stay masked)."""
+    from crs.credit import tp_suffix_mask
+
+    path, cfg = calc_policy
+    tr = _trainer(path, cfg, {"tp_schedule": {"withhold": 0.5}}, tmp_path)
+    inputs = _rollout(tr)
+    tool = inputs["tool_mask"].float()
+    cm = inputs["completion_mask"].float()
+    assert (tool * cm == 0).any() and (tool * cm == 1).any()
+    seen = _capture_loss_inputs(monkeypatch)
+    tr.compute_loss(tr.model, inputs)
+    tp = tp_suffix_mask(inputs["crs_length"], cm.shape[1], 0.5)
+    assert torch.equal(seen["tool_mask"].float(), cm * tool * tp)
+    assert (seen["tool_mask"][tool == 0] == 0).all()
