@@ -307,7 +307,9 @@ def turn_hook(trainer, inputs: list[dict[str, Any]], out: dict[str, Any]) -> dic
     device = out["completion_ids"].device
     tok_turn = turn_index(cm * tm).cpu()
     extras["crs_turn_index"] = tok_turn.to(device)
-    planned = [(p, a) for p, a in trainer.credit.args_at(trainer.rho()) if p.step.name in TURN_METHODS]
+    rho = getattr(trainer, "_crs_rho", None)
+    rho = trainer.rho() if rho is None else rho  # fixed once per rollout by the trainer
+    planned = [(p, a) for p, a in trainer.credit.args_at(rho) if p.step.name in TURN_METHODS]
     if not planned or mode != "train":
         return extras
     if len(planned) > 1:
