@@ -148,6 +148,12 @@ class TrainerConfig:
         "models under 100M parameters on GPU (launch-bound: bf16 buys no speed, and its 8-bit mantissa blurs "
         "log-prob ratios and sampling of tiny models), bf16 on a bf16-capable GPU above that (crs/precision.py).",
     )
+    cudnn_attention: bool = _f(
+        False,
+        "Allow PyTorch's cuDNN attention kernel on CUDA. Off: its backward gave non-finite gradients on a "
+        "left-padded bf16 batch (H200, torch 2.11), which NaN'd every weight (crs/precision.py); flash, "
+        "memory-efficient and math kernels still serve attention.",
+    )
     generation: str = _f(
         "hf",
         "Rollout engine (crs/rollout): hf = TRL's model.generate (dynamic KV cache); hf_static = the same with "

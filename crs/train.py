@@ -409,6 +409,10 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
     set_seed(cfg.seed)
     model, tokenizer = load_model(cfg, model_path)
     args = grpo_args(cfg, output_dir, n_params=sum(p.numel() for p in model.parameters()))
+    if not args.use_cpu:
+        from crs.precision import configure_cuda_attention
+
+        configure_cuda_attention(cfg.trainer.cudnn_attention)
     tracker.log_dict(json.loads(args.to_json_string()), "config/grpo_config.json")
     reward_funcs = list(bench.reward_funcs)
     if cfg.trainer.soft_overlong_cache:
