@@ -196,8 +196,8 @@ def _child(variant: str, model_dir: str, a: argparse.Namespace) -> dict:
         ph.wrap(trainer, "_generate_and_score_completions", "rollout")
         ph.wrap(trainer, "training_step", "training_step")
         if isinstance(trainer, CreditGRPOTrainer):
-            ph.wrap(trainer, "_advantage_phase", "credit")
-            ph.wrap(trainer.credit, "mask_phase", "credit")
+            ph.wrap(trainer, "_advantage_phase", "credit_adv")  # inside the loss forward
+            ph.wrap(trainer.credit, "mask_phase", "credit_mask")  # at rollout time
             ph.wrap(trainer, "measure_update_kl", "diag_kl")  # after the optimizer step
             ph.wrap(trainer, "_log_percentile_entropy", "diag_in_step")  # inside the credit phase
 
@@ -213,17 +213,18 @@ def _child(variant: str, model_dir: str, a: argparse.Namespace) -> dict:
                 total = time.perf_counter() - self.t
                 n = dict(ph.now)
                 g, r, ro = n.get("generation", 0.0), n.get("reward", 0.0), n.get("rollout", 0.0)
-                c, ts = n.get("credit", 0.0), n.get("training_step", 0.0)
+                c_adv, c_mask = n.get("credit_adv", 0.0), n.get("credit_mask", 0.0)
+                ts = n.get("training_step", 0.0)
                 d_in, d_kl = n.get("diag_in_step", 0.0), n.get("diag_kl", 0.0)
                 ph.steps.append(
                     {
                         "total": total,
                         "generation": g,
                         "reward": r,
-                        "rollout_other": max(ro - g - r, 0.0),
-                        "credit": max(c - d_in, 0.0),
+                        "rollout_other": max(ro - g - r - c_mask, 0.0),
+                        "credit": max(c_adv + c_mask - d_in, 0.0),
                         "diagnostics": d_in + d_kl,
-                        "fwd_bwd": max(ts - ro - c, 0.0),
+                        "fwd_bwd": max(ts - ro - c_adv, 0.0),
                         "optimizer_other": max(total - ts - d_kl, 0.0),
                     }
                 )
