@@ -224,3 +224,18 @@ def test_tp_schedule_composes_with_tool_mask(calc_policy, tmp_path):
     tp = tp_suffix_mask(inputs["crs_length"], cm.shape[1], 0.5)
     assert (tp * cm > trl_mask).any(), "some tool tokens fall inside the TP window"
     assert torch.equal(inputs["tool_mask"].float() * cm, trl_mask * tp)
+
+
+def test_trl_contract_for_the_environment_path():
+    """What crs/envs relies on inside TRL 1.16 (fails loudly on an upgrade that changes it)."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    loss = inspect.getsource(GRPOTrainer._compute_loss)
+    # A²TGPO's per-token clip ranges: crs sets epsilon_low/high to [B,T] tensors for one loss call
+    assert "torch.clamp(coef_1, 1 - self.epsilon_low, 1 + self.epsilon_high)" in loss
+    gen = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "self.environments" in gen and 'output["tool_mask"]' in gen
+    loop = inspect.getsource(GRPOTrainer._tool_call_loop)
+    assert "tool_mask[idx_with_tool] += [0] * tool_length + [1] * post_tool_length" in loop
