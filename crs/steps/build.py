@@ -233,7 +233,9 @@ def build_prm(
                 logging_steps=50,
                 save_strategy="no",
                 report_to="none",
-                use_cpu=True,
+                # same device as the policy: a CPU-only TrainingArguments in-process resets accelerate's shared
+                # state to CPU and the GPU policy's generation then fails (seen on an H200)
+                use_cpu=not torch.cuda.is_available(),
                 seed=seed,
                 disable_tqdm=True,
                 dataloader_num_workers=0,
@@ -371,7 +373,9 @@ def build_judge(
                 max_length=model.config.max_position_embeddings,
                 packing=False,
                 seed=seed,
-                use_cpu=True,
+                # same device as the policy: a CPU-only TrainingArguments in-process resets accelerate's shared
+                # state to CPU and the GPU policy's generation then fails (seen on an H200)
+                use_cpu=not torch.cuda.is_available(),
                 bf16=False,
                 activation_checkpointing=False,
                 report_to="none",

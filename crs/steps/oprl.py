@@ -129,9 +129,10 @@ class ImplicitPRM(StepScorer):
             0
         ]
         mask = view.completion_mask.to(dev).float()
-        q = step_log_ratios(logp_phi * mask, old.to(dev).detach() * mask, view.steps)
+        steps = view.steps.to(dev)  # segmentation tensors are built on the CPU (a CUDA index error on GPU)
+        q = step_log_ratios(logp_phi * mask, old.to(dev).detach() * mask, steps)
         r = self.beta * q
-        valid = view.steps.valid.to(dev).float()
+        valid = steps.valid.float()
         Q = trajectory_scores(r, valid, self.traj_agg)
         loss, n_pairs, acc = dpo_pair_loss(Q, view.success.to(dev), view.group_size)
         self.opt.zero_grad(set_to_none=True)

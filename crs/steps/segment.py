@@ -20,6 +20,7 @@ and ``.``::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,10 @@ class Steps:
     @property
     def n_steps(self) -> Tensor:
         return self.valid.sum(-1)
+
+    def to(self, device) -> Steps:
+        """The same structure on ``device`` (segmentation runs on token lists, i.e. on the CPU)."""
+        return Steps(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
     def spans(self, b: int) -> list[tuple[int, int]]:
         """Half-open token spans ``[start, end+1)`` of row ``b``'s steps (end token included)."""
