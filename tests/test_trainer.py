@@ -477,3 +477,10 @@ def test_token_mean_divisor_is_exact_over_micro_batches(model_and_tok, tmp_path,
             est = est + (c["completion_mask"] * c["tool_mask"]).sum()
         wrong = {**full, "num_items_in_batch": est * ga / spg}
         assert_grads_differ(got, _grads(plain, _plain(plain), wrong))
+
+
+def test_rollout_samples_carry_the_metric_step(model_and_tok, tmp_path):
+    """A rollout made at global_step s feeds optimizer step s + 1, the step its metrics are logged at."""
+    tr = _trainer(CreditGRPOTrainer, model_and_tok, tmp_path, sample_steps=[0], sample_size=2)
+    _rollout(tr)
+    assert [s["step"] for s in tr.samples] == [1, 1]
