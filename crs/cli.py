@@ -6,6 +6,7 @@
     crs schedule <option> [overrides] [--steps N] [--plot file.png]   look at a schedule before using it
     crs compare [--sweep ID | --experiment NAME | --last] [--format ...] [--plot DIR]
     crs ui [--port 5000]             the MLflow UI on ./mlflow.db, opened on the training runs
+    crs runs clean [--dry-run]       close runs left RUNNING by a dead process (kill -9, node loss)
 
 ``train`` and ``pretrain`` hand argv to ``@hydra.main`` untouched, so multirun, launchers and
 ``--cfg`` keep working. For a single run, the config is first composed and checked here so that a
@@ -78,14 +79,18 @@ def preflight(overrides: list[str]) -> None:
     from crs.errors import ConfigError
     from crs.progress import error_line
 
+    from crs.runs.preflight import check_resources
+    from crs.runs.redact import redact_text
+
     try:
         cfg = compose(overrides)
         validate(cfg)
+        check_resources(cfg)
     except ConfigError as err:
-        error_line(str(err))
+        error_line(redact_text(str(err)))
         sys.exit(2)
     except Exception as err:  # Hydra composition / override grammar / OmegaConf type errors
-        error_line(_one_line(err))
+        error_line(redact_text(_one_line(err)))
         sys.exit(2)
 
 
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
         from crs.ui import main as ui_main
 
         ui_main(rest)
+    elif verb == "runs":
+        from crs.runs.liveness import runs_main
+
+        runs_main(rest)
     else:
         print(f"crs: unknown command {verb!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

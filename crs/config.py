@@ -252,6 +252,32 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class RunsConfig:
+    checkpoint_every: int = _f(
+        50,
+        "Save a resumable checkpoint (model, optimizer, scheduler, RNG, data position, crs samples) every N "
+        "optimizer steps; 0 = never. Cost: one save of the weights and optimizer state (≈3× the model size).",
+    )
+    keep: int = _f(2, "Complete checkpoints kept per run (the newest); older ones are deleted.")
+    keep_on_finish: bool = _f(
+        False,
+        "Keep the checkpoints of a FINISHED run (off: deleted at the end; save the policy with trainer.save_model).",
+    )
+    heartbeat_s: float = _f(30.0, "Seconds between heartbeats (MLflow tag crs.heartbeat); 0 = off.")
+    stale_after_s: float = _f(
+        600.0, "A RUNNING run whose heartbeat is older than this is dead (crs compare / crs runs clean)."
+    )
+    check_finite: bool = _f(
+        True,
+        "Stop the run (FAILED) at the first non-finite loss, gradient, advantage, logit or parameter. One "
+        "reduction per forward/step; turn off only to measure its cost.",
+    )
+    collapse_steps: int = _f(
+        5, "Warn when token entropy is near ln|V| with reward 0 for this many logged steps (0 = off)."
+    )
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = _f("${oc.env:CRS_CACHE_DIR,${oc.env:HOME}/.cache/crs}", "Embedded model cache.")
     output_dir: str = _f("${hydra:runtime.output_dir}", "This job's folder (Hydra).")
@@ -271,6 +297,17 @@ def register_configs() -> None:
     cs.store(group="benchmark", name="base_arithmetic", node=ArithmeticConfig)
     cs.store(name="base_diagnostics", node=DiagnosticsConfig, package="diagnostics")
     cs.store(name="base_paths", node=PathsConfig, package="paths")
+    cs.store(name="base_runs", node=RunsConfig, package="runs")
+    _register_resolvers()
+
+
+def _register_resolvers() -> None:
+    """``${crs_uid:}``: a short random id, cached per config like Hydra's ``${now:}``, so two jobs
+    launched in the same second never share an output folder."""
+    import secrets
+
+    if not OmegaConf.has_resolver("crs_uid"):
+        OmegaConf.register_new_resolver("crs_uid", lambda: secrets.token_hex(3), use_cache=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -372,6 +409,27 @@ def validate(cfg: DictConfig) -> None:
     from crs.steps.hook import validate_steps
 
     validate_steps(cfg)  # method.steps: scorer, vote, a process verifier where one is needed
+    r = cfg.get("runs")
+    if r is not None:
+        _check(r.checkpoint_every >= 0, f"runs.checkpoint_every must be >= 0 (got {r.checkpoint_every})")
+        _check(r.keep >= 1, f"runs.keep must be >= 1 (got {r.keep})")
+        _check(
+            r.heartbeat_s >= 0 and r.stale_after_s > 0,
+            "runs.heartbeat_s must be >= 0 and runs.stale_after_s > 0",
+        )
+        _check(r.collapse_steps >= 0, "runs.collapse_steps must be >= 0")
+    resume = cfg.get("resume", "auto")
+    _check(
+        isinstance(resume, str) and bool(resume),
+        f"resume must be auto, never or a checkpoint folder (got {resume!r})",
+    )
+    if resume not in ("auto", "never"):
+        from pathlib import Path
+
+        _check(
+            Path(resume).expanduser().exists(),
+            f"resume: no such checkpoint folder {resume!r} (or use auto / never)",
+        )
     d = cfg.diagnostics
     _check(d.every >= 0 and d.bins >= 1, "diagnostics.every must be >= 0 and diagnostics.bins >= 1")
     if cfg.get("inject_failure_at_step") is not None:

@@ -17,14 +17,19 @@ What a run holds (names chosen to be short and comparable in the MLflow UI and `
 - **artifacts**: ``hydra/`` (the job's .hydra folder), ``samples/`` (rollouts at a few steps, JSON),
   ``plots/`` (percentile heatmaps), ``summary.json``.
 
-Run status is ``FINISHED``, ``FAILED`` (tag ``error``) or ``KILLED`` (SIGTERM/SIGINT, e.g. a SLURM
-time limit), set in a ``finally`` so a crash never loses what was logged before it.
+Run status is ``FINISHED``, ``FAILED`` (tag ``error``) or ``KILLED`` (SIGTERM/SIGINT/SIGHUP, e.g. a
+SLURM time limit), set in a ``finally`` so a crash never loses what was logged before it.
+
+Trust (crs/runs/): the first use of a sqlite store is serialised by a file lock (MLflow's schema
+migration must not race); every param, tag and JSON artifact passes through the redactor (no
+credentials stored); NaN/inf metric values are logged, not dropped; a resumed run skips metric steps
+it already holds; a store that stops answering mid-run raises :class:`TrackingError` within seconds
+(MLflow's HTTP retries are capped in ``crs.train.quiet_env``) instead of stalling training.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -81,11 +86,23 @@ def versions() -> dict[str, str]:
     }
 
 
+class TrackingError(RuntimeError):
+    """The tracking store stopped answering (or refused a write) during a run."""
+
+
 class NullTracker:
     """``tracking=none``: the same interface, nothing recorded."""
 
     run_id: str | None = None
     uri: str | None = None
+
+    def find_runs(self, tags: Mapping[str, str]) -> list:
+        return []
+
+    def exists(self, run_id: str | None) -> bool:
+        return False
+
+    def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None: ...
 
     def start(self, **_: Any) -> None: ...
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -111,11 +128,61 @@ class MlflowTracker(NullTracker):
     def __init__(self, uri: str | None, experiment: str):
         import mlflow
 
+        from crs.runs.redact import use_clean_uri
+
         self.mlflow = mlflow
-        self.uri = uri or default_uri()
+        self.uri = use_clean_uri(uri or default_uri())  # credentials go to MLflow's env vars, never stored
         self.experiment = experiment
         self.run_id = None
         self.client = None
+        self.exp_id = None
+        self._logged_steps: dict[str, int] = {}  # resumed run: last step each metric already holds
+
+    def connect(self) -> None:
+        """Open the store once; the first use of a sqlite file (schema creation/migration) under a lock."""
+        if self.client is not None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        from crs.runs.lock import store_lock
+
+        self.mlflow.set_tracking_uri(self.uri)
+        with store_lock(self.uri):
+            self.client = MlflowClient(self.uri)
+            self.exp_id = ensure_experiment(self.client, self.experiment, self.uri)
+
+    def find_runs(self, tags: Mapping[str, str]) -> list:
+        """Job runs of this experiment carrying all ``tags``, most recent first."""
+        self.connect()
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs(
+            [self.exp_id], filter_string=flt, order_by=["attributes.start_time DESC"]
+        )
+
+    def exists(self, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        self.connect()
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:
+            return False
+
+    def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:
+        """Continue ``run_id``: status back to RUNNING, the old ``error`` tag removed, logged steps noted."""
+        self.connect()
+        self.run_id = run_id
+        run = self.client.get_run(run_id)
+        if "error" in run.data.tags:
+            self.client.delete_tag(run_id, "error")
+        self.client.update_run(run_id, status="RUNNING")
+        for key in run.data.metrics:
+            history = self.client.get_metric_history(run_id, key)
+            if history:
+                self._logged_steps[key] = max(m.step for m in history)
+        if tags:
+            self.set_tags(tags)
 
     def start(
         self,
@@ -123,15 +190,13 @@ class MlflowTracker(NullTracker):
         parent_run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
-        from mlflow.tracking import MlflowClient
+        from crs.runs.redact import redact_mapping
 
-        self.mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
-        exp_id = ensure_experiment(self.client, self.experiment, self.uri)
-        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.connect()
+        all_tags = {k: str(v) for k, v in redact_mapping(tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run = self.client.create_run(self.exp_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         from crs.metric_layout import MetricLayout
 
@@ -141,8 +206,10 @@ class MlflowTracker(NullTracker):
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
+        from crs.runs.redact import redact_mapping
+
         items = []
-        for k, v in params.items():
+        for k, v in redact_mapping(params).items():
             s = json.dumps(v) if isinstance(v, list | dict) else str(v)
             items.append(Param(k, s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 1] + "…"))
         for i in range(0, len(items), 100):
@@ -151,7 +218,9 @@ class MlflowTracker(NullTracker):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
+        from crs.runs.redact import redact_mapping
+
+        items = [RunTag(k, str(v)[:8000]) for k, v in redact_mapping(tags).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, tags=items[i : i + 100], synchronous=True)
 
@@ -169,24 +238,36 @@ class MlflowTracker(NullTracker):
         ts = int(time.time() * 1000)
         items = []
         for k, v in metrics.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or math.isinf(v):
-                continue
-            items.append(Metric(_BAD_CHARS.sub("_", k), float(v), ts, int(step)))
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000], synchronous=True)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue  # NaN/inf are kept: a diverging step must show its values
+            key = _BAD_CHARS.sub("_", k)
+            if self._logged_steps.get(key, -1) >= step:
+                continue  # each step once (a resumed run recomputes the steps after its checkpoint)
+            items.append(Metric(key, float(v), ts, int(step)))
+        try:
+            for i in range(0, len(items), 1000):
+                self.client.log_batch(self.run_id, metrics=items[i : i + 1000], synchronous=True)
+        except Exception as err:
+            raise TrackingError(_store_failure(self.uri, err)) from None
+        for m in items:  # one value per metric and step (HF's end-of-training log repeats `epoch`)
+            self._logged_steps[m.key] = m.step
 
     def log_artifacts(self, local_dir: Path | str, artifact_path: str | None = None) -> None:
         if Path(local_dir).exists():
             self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        from crs.runs.redact import redact_value
+
+        self.client.log_dict(self.run_id, redact_value("", data), artifact_file)
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        from crs.runs.redact import redact_text
+
         if self.run_id is None:
             return
         if error:
-            self.client.set_tag(self.run_id, "error", error[:8000])
+            self.client.set_tag(self.run_id, "error", redact_text(error)[:8000])
         self.client.set_terminated(self.run_id, status=status)
 
     def callback(self):
@@ -208,6 +289,13 @@ def ensure_experiment(client, name: str, uri: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def _store_failure(uri: str, err: BaseException) -> str:
+    from crs.runs.redact import redact_text
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return redact_text(f"tracking store {uri} failed: {type(err).__name__}: {first[:200]}")
 
 
 def mlflow_metrics_callback(tracker: MlflowTracker):

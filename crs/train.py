@@ -7,10 +7,13 @@ A thin ``@hydra.main`` (so ``-m`` sweeps, ``--cfg job`` and launchers work) over
     crs train method=tp_schedule schedule=linear      # the paper's TP-Schedule
     crs train -m method=grpo,tp_schedule schedule=linear seed=0,1,2 hydra/launcher=local
 
-Order of work, so bad input fails fast and nothing is lost: validate the config (one error line, no
-model loaded) → open the MLflow run → build the benchmark → load or build the model → train with a
-rich progress bar → evaluate → log summary, samples and heatmaps → close the run with its status in a
-``finally`` (FINISHED / FAILED / KILLED).
+Order of work, so bad input fails fast and nothing is lost: validate the config and the resources
+(model path, data files, tracking store; one error line, no model loaded) → decide whether to resume
+(``resume=auto``: the unfinished run with this exact config, crs/runs/checkpoint.py) → open or reopen
+the MLflow run, hold the run folder's lock, start the heartbeat → build the benchmark → load or build
+the model → train with a rich progress bar, checkpoints and non-finite guards → evaluate → log summary,
+samples and heatmaps → close the run with its status in a ``finally`` (FINISHED / FAILED / KILLED; a
+signal or a crash still writes the samples and a partial summary).
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 class JobKilled(KeyboardInterrupt):
-    """SIGTERM (a SLURM time limit, scancel): the run ends as KILLED."""
+    """SIGTERM/SIGHUP/SIGINT (a SLURM time limit, scancel, a closed terminal, Ctrl-C): the run ends KILLED."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"signal {signal.Signals(signum).name}")
+
+
+KILL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def quiet_env() -> None:
@@ -46,6 +56,10 @@ def quiet_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")  # crs logs to MLflow itself
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # a tracking server that went away must fail a run in seconds, not stall it in retries for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def quiet() -> None:
@@ -219,7 +233,7 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
     n_eval = t.num_generations_eval
     eval_prompts_per_batch = max(1, min(16, t.eval_prompts))
     kwargs = dict(
-        output_dir=str(output_dir / "trl"),
+        output_dir=str(output_dir / "checkpoints"),
         max_steps=t.max_steps,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=n_eval * eval_prompts_per_batch,
@@ -250,7 +264,10 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
         num_generations=t.num_generations,
         num_generations_eval=n_eval,
         logging_steps=1,
-        save_strategy="no",
+        logging_nan_inf_filter=False,  # a NaN loss is shown as NaN, not replaced by the running mean
+        # resumable checkpoints into <run home>/checkpoints (crs/runs/checkpoint.py publishes and prunes)
+        save_strategy="steps" if cfg.runs.checkpoint_every > 0 else "no",
+        save_steps=cfg.runs.checkpoint_every if cfg.runs.checkpoint_every > 0 else None,
         report_to="none",
         disable_tqdm=True,
         seed=cfg.seed,
@@ -328,23 +345,31 @@ def _heatmap_histories(log_history: list[dict[str, Any]], bins: int) -> dict[str
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by a composed config; returns the summary dict."""
+    from crs.runs.preflight import check_resources
+
     validate(cfg)  # one clear error before anything heavy happens
     from crs.envs.turns import check_benchmark
 
     check_benchmark(cfg.method.credit, cfg.benchmark.name)
+    check_resources(cfg)  # model path, data files, tracking store
     quiet()
     ctx = _hydra_context()
     output_dir = Path(ctx.get("output_dir") or cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    from crs.progress import console
+    from crs.runs.checkpoint import plan_resume, run_key
+    from crs.runs.liveness import Heartbeat, identity_tags
+    from crs.runs.lock import RunLock
+    from crs.runs.redact import redact_files, redact_text
     from crs.sweep import read_parent
     from crs.tracking import build_tracker, flatten
 
     parent = read_parent(ctx.get("sweep_dir")) if ctx.get("multirun") else None
     tcfg = cfg.tracking
     if parent is not None and tcfg.name != "none":
-        # jobs of a sweep always log where the parent run lives
+        # jobs of a sweep always log where the parent run lives (keeping this job's own credentials)
         OmegaConf.set_struct(cfg, False)
-        cfg.tracking.uri = parent["uri"]
+        if redact_text(str(cfg.tracking.uri)) != parent["uri"]:
+            cfg.tracking.uri = parent["uri"]
         cfg.tracking.experiment = parent["experiment"]
         OmegaConf.set_struct(cfg, True)
     from crs.naming import duplicate_of, record_skip
@@ -355,42 +380,104 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(f"crs: skipped duplicate job {ctx.get('job_num')}: {duplicate}", flush=True)
         return {"skipped": duplicate}
     tracker = build_tracker(cfg.tracking)
-    tracker.start(
-        run_name=_run_name(cfg, ctx, parent),
-        parent_run_id=parent["run_id"] if parent else None,
-        tags=_tags(cfg, ctx, parent),
-    )
+    key = run_key(cfg)
+    plan = plan_resume(cfg, tracker, output_dir, key, bool(ctx.get("multirun")))
+    if plan.skip is not None:
+        console.print(
+            f"crs: skipped: this config already FINISHED as run {plan.skip['run_id']} ({plan.skip['run_name']}); "
+            "resume=never trains it again"
+        )
+        return {"skipped": True, "mlflow_run_id": plan.skip["run_id"]}
+    if plan.note:
+        console.print(f"crs: {plan.note}")
+    home = plan.home
+    output_dir.mkdir(parents=True, exist_ok=True)
+    redact_files(output_dir / ".hydra")  # Hydra wrote the overrides there verbatim
+    run_lock = RunLock(home)
+    if not run_lock.acquire():
+        raise ConfigError(f"the run folder {home} is held by another live crs process")
+    tags = {**identity_tags(str(home)), "crs.run_key": key}
+    if plan.run_id is not None:
+        resumed = int(plan.marker.get("resumed", 0)) + 1
+        tracker.reopen(
+            plan.run_id, {**tags, "crs.resumed": resumed, "crs.resumed_from_step": plan.marker["step"]}
+        )
+        plan.marker["resumed"] = resumed
+    else:
+        tracker.start(
+            run_name=_run_name(cfg, ctx, parent),
+            parent_run_id=parent["run_id"] if parent else None,
+            tags={**_tags(cfg, ctx, parent), **tags},
+        )
+    if plan.resuming:
+        console.print(
+            f"crs: resuming run {tracker.run_id or '(untracked)'} from {plan.checkpoint} "
+            f"(step {plan.marker['step']}/{cfg.trainer.max_steps})"
+        )
+    heartbeat = Heartbeat(tracker, float(cfg.runs.heartbeat_s))
+    heartbeat.start()
     status, error = "FINISHED", None
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {}
 
-    def _on_term(signum, frame):
-        raise JobKilled(f"signal {signum}")
+    def _on_signal(signum, frame):
+        raise JobKilled(signum)
 
-    try:
-        signal.signal(signal.SIGTERM, _on_term)
-    except ValueError:  # not the main thread (e.g. a thread-based launcher): keep the default
-        previous = None
+    for sig in KILL_SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread (e.g. a thread-based launcher): keep the default
+            pass
     t0 = time.time()
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        tracker.log_params(flatten(resolved))
-        hydra_dir = output_dir / ".hydra"
-        tracker.log_artifacts(hydra_dir, "hydra")
-        summary = _train(cfg, ctx, tracker, output_dir, t0)
+        if not plan.resuming:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            tracker.log_params(flatten(resolved))
+            tracker.log_artifacts(output_dir / ".hydra", "hydra")
+        else:
+            tracker.log_artifacts(output_dir / ".hydra", f"hydra/resume-{plan.marker['resumed']}")
+        summary = _train(cfg, ctx, tracker, home, t0, plan, key)
+        if not cfg.runs.keep_on_finish:
+            import shutil
+
+            shutil.rmtree(home / "checkpoints", ignore_errors=True)
         return summary
     except KeyboardInterrupt as err:
         status, error = "KILLED", f"{type(err).__name__}: {err}"
         raise
     except BaseException as err:
         status, error = "FAILED", f"{type(err).__name__}: {err}"
+        _record_nonfinite(tracker, err)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        tracker.end(status, error)
+        heartbeat.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            tracker.end(status, error)
+        except Exception as err:  # the store itself is gone: say so, never hang or mask the real error
+            console.print(
+                f"crs: could not close the MLflow run ({type(err).__name__}); `crs runs clean` will"
+            )
+        run_lock.release()
 
 
-def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: float) -> dict[str, Any]:
+def _record_nonfinite(tracker, err: BaseException) -> None:
+    """A NaN/inf stop: log the quantity at its step (MLflow keeps NaN/inf values) and tag it."""
+    from crs.runs.guard import NonFiniteError
+
+    if not isinstance(err, NonFiniteError):
+        return
+    try:
+        value = err.value if err.value is not None else float("nan")
+        tracker.log_metrics({f"nonfinite/{err.quantity}": value}, step=err.step)
+        tracker.set_tags({"crs.nonfinite": f"{err.quantity}@{err.step}"})
+    except Exception:
+        pass
+
+
+def _train(
+    cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: float, plan=None, key: str = ""
+) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback, set_seed
 
@@ -463,6 +550,20 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
     cb = tracker.callback()
     if cb is not None:
         trainer.add_callback(cb)
+    from crs.runs.checkpoint import checkpoint_callback, restore_crs_state
+    from crs.runs.guard import CollapseWatch, install_guards
+
+    if cfg.runs.check_finite:
+        install_guards(trainer)
+    vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
+    trainer.add_callback(CollapseWatch(vocab, cfg.runs.collapse_steps, tracker, console).callback())
+    ckpt_state: dict[str, Any] = {}
+    if plan is not None:
+        if plan.resuming:
+            restore_crs_state(trainer, plan.marker)
+            ckpt_state["start_eval"] = plan.marker.get("start_eval")
+            ckpt_state["resumed"] = plan.marker.get("resumed", 0)
+        trainer.add_callback(checkpoint_callback(trainer, plan, key, cfg.runs.keep, tracker, ckpt_state))
     title = f"{ctx.get('choices', {}).get('method', cfg.method.name)} × {ctx.get('choices', {}).get('schedule', cfg.schedule.name)} (seed {cfg.seed})"
     trainer.add_callback(RichProgressCallback(title))
     if cfg.get("inject_failure_at_step") is not None:
@@ -474,11 +575,18 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
         f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}, generation {cfg.trainer.generation}"
     )
     t_train = time.time()
-    start_eval = None
-    if cfg.trainer.eval_on_start:
+    start_eval = ckpt_state.get("start_eval")
+    if cfg.trainer.eval_on_start and not (plan is not None and plan.resuming):
         # Trainer.train() starts a fresh TrainerState, so keep this evaluation for the summary ourselves
         start_eval = {**trainer.evaluate(), "step": 0}
-    trainer.train()
+        ckpt_state["start_eval"] = start_eval
+    try:
+        trainer.train(
+            resume_from_checkpoint=str(plan.checkpoint) if plan is not None and plan.resuming else None
+        )
+    except BaseException as err:
+        _save_partial(trainer, tracker, output_dir, start_eval, t0, err)
+        raise
     if cfg.trainer.eval_steps == 0 or cfg.trainer.max_steps % cfg.trainer.eval_steps:
         trainer.evaluate()  # the final evaluation, unless the periodic one already landed on the last step
     history = ([start_eval] if start_eval else []) + list(trainer.state.log_history)
@@ -486,9 +594,17 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
     summary["train_time_s"] = (
         time.time() - t_train
     )  # training + evaluations, without building/loading the model
+    from crs.runs.redact import redact_text
+
     summary.update(
-        {"mlflow_run_id": tracker.run_id, "mlflow_uri": tracker.uri, "output_dir": str(output_dir)}
+        {
+            "mlflow_run_id": tracker.run_id,
+            "mlflow_uri": redact_text(tracker.uri) if tracker.uri else None,
+            "output_dir": str(output_dir),
+        }
     )
+    if ckpt_state.get("resumed"):
+        summary["resumed"] = ckpt_state["resumed"]
     final = {
         f"final/{k}": v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
@@ -512,6 +628,31 @@ def _train(cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: 
     del trainer, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return summary
+
+
+def _save_partial(trainer, tracker, output_dir: Path, start_eval, t0: float, err: BaseException) -> None:
+    """A run cut short (signal, NaN, crash) still leaves its samples and a partial summary, locally and in
+    MLflow; best effort, never masks the original error."""
+    try:
+        history = ([start_eval] if start_eval else []) + list(trainer.state.log_history)
+        summary = summarize(history, time.time() - t0)
+        summary.update(
+            {
+                "incomplete": True,
+                "stopped_at_step": trainer.state.global_step,
+                "reason": f"{type(err).__name__}: {err}",
+                "mlflow_run_id": tracker.run_id,
+                "output_dir": str(output_dir),
+            }
+        )
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if trainer.samples:
+            (output_dir / "samples.json").write_text(json.dumps(trainer.samples, indent=2, default=str))
+        tracker.log_dict(summary, "summary.json")
+        if trainer.samples:
+            tracker.log_dict(trainer.samples, "samples/rollouts.json")
+    except BaseException:
+        pass
 
 
 def _inject_failure(step: int):
@@ -547,8 +688,29 @@ def main(cfg: DictConfig) -> float | None:
 
         error_line(str(err))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if multirun:
             raise
-        sys.exit(130)
+        from crs.progress import error_line
+
+        signum = getattr(err, "signum", signal.SIGINT)
+        error_line(
+            f"run KILLED by {signal.Signals(signum).name}; samples and summary kept; "
+            "the same command resumes it from its last checkpoint (resume=auto)"
+        )
+        sys.exit(128 + int(signum))
+    except Exception as err:
+        from crs.runs.guard import NonFiniteError
+        from crs.tracking import TrackingError
+
+        if multirun or not isinstance(err, NonFiniteError | TrackingError):
+            raise
+        from crs.progress import error_line
+        from crs.runs.redact import redact_text
+
+        extra = (
+            "; the run is FAILED, its last good checkpoint kept" if isinstance(err, NonFiniteError) else ""
+        )
+        error_line(redact_text(f"{err}{extra}"))
+        sys.exit(1)
     return summary.get("eval_accuracy_end")

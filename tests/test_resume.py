@@ -1,0 +1,117 @@
+"""Acceptance (issue 9): SIGKILL a training process at a random step, rerun the same command, and get
+one MLflow run holding every metric step exactly once up to the final step, with the same ρ (and, on
+CPU with restored RNG and data position, the same rollouts) as an uninterrupted run.
+
+    pytest tests/test_resume.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+STEPS = 8
+OVERRIDES = [
+    "debug=fast",
+    f"trainer.max_steps={STEPS}",
+    "runs.checkpoint_every=2",
+    "runs.keep_on_finish=true",
+    "trainer.num_threads=1",
+    "diagnostics.every=0",
+]
+
+
+def _history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _crs(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crs.cli", "train", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def test_sigkill_then_resume_auto_continues_the_same_run(compose_cfg, tmp_path):
+    from crs.train import train
+
+    # the uninterrupted reference (same config, its own store)
+    ref_summary = train(compose_cfg(*OVERRIDES, "resume=never"))
+    ref = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ref_id = ref_summary["mlflow_run_id"]
+    ref_rho = dict(_history(ref, ref_id, "schedule/rho"))
+    ref_reward = dict(_history(ref, ref_id, "reward"))
+    assert sorted(ref_rho) == list(range(1, STEPS + 1))
+
+    work = tmp_path / "work"
+    work.mkdir()
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    args = [*OVERRIDES, f"tracking.uri={uri}"]
+    kill_at = random.Random().randint(2, STEPS - 1)
+    proc = _crs(work, *args)
+    client = MlflowClient(uri)
+    deadline, run_id = time.time() + 400, None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if not (work / "mlflow.db").exists():
+            continue
+        exp = client.get_experiment_by_name("crs")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= kill_at:
+            run_id = runs[0].info.run_id
+            proc.send_signal(signal.SIGKILL)
+            break
+    out = proc.communicate(timeout=60)[0]
+    assert run_id is not None, f"never reached step {kill_at}:\n{out[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert client.get_run(run_id).info.status == "RUNNING"  # a ghost until someone resumes or cleans it
+
+    again = _crs(work, *args)
+    out = again.communicate(timeout=400)[0]
+    assert again.returncode == 0, out[-3000:]
+    assert "resuming run" in out, out[-3000:]
+
+    exp = client.get_experiment_by_name("crs")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, f"killed at step {kill_at}: {len(runs)} runs"
+    run = runs[0]
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.tags["crs.resumed"] == "1"
+    resumed_from = int(run.data.tags["crs.resumed_from_step"])
+    assert 2 <= resumed_from <= kill_at and resumed_from % 2 == 0
+    # every per-step metric: each step exactly once, the final step reached
+    for key in run.data.metrics:
+        if key.startswith(("final/", "eval_")):
+            continue
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        dup = [s for s, n in Counter(steps).items() if n > 1]
+        assert not dup, f"{key}: steps logged twice {dup} (killed at {kill_at})"
+    assert [s for s, _ in _history(client, run_id, "loss")] == list(range(1, STEPS + 1))
+    # ρ where the resumed process took over equals the schedule's value (= the uninterrupted run's)
+    rho = dict(_history(client, run_id, "schedule/rho"))
+    assert rho == pytest.approx(ref_rho, abs=1e-9), (kill_at, rho, ref_rho)
+    home = Path(run.data.tags["crs.home"])
+    final_state = json.loads(
+        (home / "checkpoints" / f"checkpoint-{STEPS}" / "trainer_state.json").read_text()
+    )
+    recomputed = {h["step"]: h for h in final_state["log_history"] if "schedule/rho" in h}
+    assert recomputed[resumed_from + 1]["schedule/rho"] == pytest.approx(ref_rho[resumed_from + 1], abs=1e-9)
+    # same data position and RNG: the rollouts after the resume point score as in the uninterrupted run
+    for step in range(resumed_from + 1, STEPS + 1):
+        assert recomputed[step]["reward"] == pytest.approx(ref_reward[step], abs=1e-6), (step, kill_at)
+    summary = json.loads((home / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["resumed"] == 1
