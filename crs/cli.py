@@ -78,7 +78,6 @@ def preflight(overrides: list[str]) -> None:
     from crs.config import validate
     from crs.errors import ConfigError
     from crs.progress import error_line
-
     from crs.runs.preflight import check_resources
     from crs.runs.redact import redact_text
 
