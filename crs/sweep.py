@@ -71,9 +71,60 @@ def finalize_sweep(info: dict[str, Any]) -> dict[str, int]:
     for key, value in counts.items():
         client.set_tag(info["run_id"], f"jobs.{key}", str(value))
     if parent.info.status == "RUNNING":
-        status = "FAILED" if counts["failed"] or counts["killed"] else "FINISHED"
+        status = "FAILED" if counts["failed"] or counts["killed"] or not children else "FINISHED"
         client.set_terminated(info["run_id"], status=status)
     return counts
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides, as Hydra's basic sweeper will expand them (grid params, then CLI overrides)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    params = OmegaConf.to_container(params, resolve=False) if params else {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_every_job(config: DictConfig) -> None:
+    """Compose and check each job of the sweep (values, model path, data files, store); one line, exit 2."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from crs.config import validate
+    from crs.errors import ConfigError
+    from crs.progress import error_line
+    from crs.runs.preflight import check_resources
+    from crs.runs.redact import redact_text
+
+    loader = GlobalHydra.instance().config_loader()
+    jobs = sweep_jobs(config)
+    seen: set[str] = set()
+    for i, job in enumerate(jobs):
+        try:
+            cfg = loader.load_sweep_config(config, job)
+            validate(cfg)
+            res = json.dumps(
+                OmegaConf.to_container(
+                    OmegaConf.masked_copy(cfg, ["model", "benchmark", "tracking"]), resolve=True
+                ),
+                sort_keys=True,
+                default=str,
+            )
+            if res not in seen:
+                seen.add(res)
+                check_resources(cfg)
+        except ConfigError as err:
+            error_line(redact_text(f"sweep job #{i} ({' '.join(job)}): {err}"))
+            sys.exit(2)
+        except Exception as err:
+            from crs.cli import _one_line
+
+            error_line(redact_text(f"sweep job #{i} ({' '.join(job)}): {_one_line(err)}"))
+            sys.exit(2)
 
 
 class MlflowSweepCallback(Callback):
@@ -84,15 +135,22 @@ class MlflowSweepCallback(Callback):
         self._done = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from crs.runs.redact import install_log_redaction
+
+        install_log_redaction()  # Hydra logs every job's overrides
+        check_every_job(config)  # one bad value stops the sweep before any job or parent run exists
         if config.get("tracking") is None or config.tracking.name == "none":
             return
         from mlflow.tracking import MlflowClient
 
+        from crs.runs.lock import store_lock
+        from crs.runs.redact import redact_text, use_clean_uri
         from crs.tracking import default_uri, ensure_experiment, git_sha
 
-        uri = config.tracking.uri or default_uri()
-        client = MlflowClient(uri)
-        exp_id = ensure_experiment(client, config.tracking.experiment, uri)
+        uri = use_clean_uri(config.tracking.uri or default_uri())
+        with store_lock(uri):
+            client = MlflowClient(uri)
+            exp_id = ensure_experiment(client, config.tracking.experiment, uri)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         params = config.hydra.sweeper.get("params") or {}
@@ -112,15 +170,15 @@ class MlflowSweepCallback(Callback):
                 "sweep_id": sweep_id,
                 "sweep_dir": str(sweep_dir),
                 "swept_keys": ",".join(keys),
-                "overrides": " ".join(overrides),
-                "sweep_params": json.dumps(params),
+                "overrides": redact_text(" ".join(overrides)),
+                "sweep_params": redact_text(json.dumps(params)),
                 "launcher": str(choices.get("hydra/launcher", "basic")),
                 "git_sha": git_sha(),
             },
         )
         self.info = {
             "run_id": run.info.run_id,
-            "uri": uri,
+            "uri": redact_text(uri),
             "experiment": config.tracking.experiment,
             "sweep_id": sweep_id,
             "swept_keys": keys,

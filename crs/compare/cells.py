@@ -30,7 +30,7 @@ LOC_TITLES = {
     "loc/kl_share": "credit on decisive (KL)",
     "loc/decisive_frac": "decisive token frac",
 }
-FAILED_STATUSES = ("FAILED", "KILLED")
+FAILED_STATUSES = ("FAILED", "KILLED", "DEAD")  # DEAD: left RUNNING by a dead process (crs/runs/liveness.py)
 
 
 @dataclass(frozen=True)
@@ -407,6 +407,11 @@ def load(sel: Selection, threshold: float = 0.5, extra: Sequence[Column] = ()) -
             error=_text(row, "tags.error"),
             job_num=_value(row, "tags.job_num"),
         )
+        from crs.runs.liveness import dead_in_row
+
+        if (ghost := dead_in_row(row)) is not None:  # RUNNING in MLflow, but its process is gone
+            status = rec["status"] = "DEAD"
+            rec["error"] = f"{ghost} (crs runs clean closes it as KILLED)"
         # a failed run's partial numbers would bias the statistics: it is counted, not averaged
         rec.update(_run_values(row, hist, threshold, extra, loc) if status == "FINISHED" else {})
         records.append(rec)

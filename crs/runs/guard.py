@@ -92,15 +92,20 @@ def install_guards(trainer) -> None:
     model = trainer.model
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
-
-        def hook(module, inputs, output):
-            t = output[0] if isinstance(output, tuple) else output
-            if isinstance(t, torch.Tensor) and not _finite(t):
-                raise NonFiniteError("logits", step())
-
-        trainer._crs_logit_hook = head.register_forward_hook(hook)
+        trainer._crs_logit_hook = head.register_forward_hook(logit_guard(step))
 
     trainer.add_callback(_GradParamGuard(trainer))
+
+
+def logit_guard(step):
+    """A forward hook for the output layer: raise :class:`NonFiniteError` on NaN/inf logits."""
+
+    def hook(module, inputs, output):
+        t = output[0] if isinstance(output, tuple) else output
+        if isinstance(t, torch.Tensor) and not _finite(t):
+            raise NonFiniteError("logits", step())
+
+    return hook
 
 
 def _total_norm(tensors) -> torch.Tensor | None:

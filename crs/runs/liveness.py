@@ -187,3 +187,15 @@ def runs_main(argv: list[str]) -> None:
     for run, reason in dead:
         print(f"{verb} {run.info.run_id} ({run.info.run_name}) as KILLED: {reason}")
     print(f"crs: {len(dead)} dead run(s) {verb if dead else 'found'} in {redact_text(uri)}")
+
+
+def dead_in_row(row, stale_after_s: float = DEFAULT_STALE_S) -> str | None:
+    """For ``crs compare``: why a RUNNING run of an ``mlflow.search_runs`` dataframe row is dead, or None."""
+    if str(row.get("status")) != "RUNNING":
+        return None
+    tags = {}
+    for key in ("crs.home", "crs.host", "crs.pid", HEARTBEAT_TAG):
+        value = row.get(f"tags.{key}")
+        if isinstance(value, str) and value:
+            tags[key] = value
+    return death_reason(tags, stale_after_s=stale_after_s) if tags else None

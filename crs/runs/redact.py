@@ -111,3 +111,27 @@ def redact_yaml_text(text: str) -> str:
             line = f"{m.group(1)}{m.group(2)}{m.group(3)}{MASK}{m.group(5)}"
         out.append(redact_text(line))
     return "".join(out)
+
+
+class RedactFilter:
+    """A ``logging`` filter masking secrets in every record (Hydra prints each job's overrides)."""
+
+    def filter(self, record) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return True
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def install_log_redaction() -> None:
+    """Add :class:`RedactFilter` to the handlers of the root and ``hydra`` loggers (idempotent)."""
+    import logging
+
+    for name in (None, "hydra"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactFilter) for f in handler.filters):
+                handler.addFilter(RedactFilter())
