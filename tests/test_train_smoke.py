@@ -9,6 +9,9 @@ metrics logged before it.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -156,8 +159,10 @@ def test_every_method_schedule_and_loss_trains(compose_cfg, tmp_path, method, sc
     assert len(client.get_metric_history(run.info.run_id, ui_key("loss"))) == 3
 
 
-def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path):
-    """What a SLURM time limit or scancel does: SIGTERM → status KILLED, metrics so far kept."""
+@pytest.mark.parametrize("signame", ["SIGTERM", pytest.param("SIGHUP", marks=pytest.mark.slow)])
+def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path, signame):
+    """What a SLURM time limit, scancel or a closed terminal does: status KILLED, metrics, samples and a
+    partial summary kept, one line on stderr, exit 128 + signal."""
     import os
     import signal
     import subprocess
@@ -192,9 +197,15 @@ def test_sigterm_ends_the_run_killed_with_its_metrics(tmp_path):
             run_id = runs[0].info.run_id
             break
     assert run_id is not None, proc.stderr.read() if proc.poll() is not None else "no step logged in time"
-    proc.send_signal(signal.SIGTERM)
+    sig = getattr(signal, signame)
+    proc.send_signal(sig)
     proc.wait(timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + sig
+    err_lines = [ln for ln in proc.stderr.read().splitlines() if ln.strip()]
+    assert err_lines[-1].startswith("crs: error: run KILLED by " + signame), err_lines[-5:]
     run = client.get_run(run_id)
-    assert run.info.status == "KILLED" and "signal" in run.data.tags["error"]
+    assert run.info.status == "KILLED" and signame in run.data.tags["error"]
     assert client.get_metric_history(run_id, ui_key("loss"))
+    home = Path(run.data.tags["crs.home"])
+    assert json.loads((home / "summary.json").read_text())["incomplete"] is True
+    assert json.loads((home / "samples.json").read_text())  # the rollouts collected so far
