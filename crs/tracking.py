@@ -103,6 +103,7 @@ class NullTracker:
         return False
 
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None: ...
+    def tag_run(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
 
     def start(self, **_: Any) -> None: ...
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -169,13 +170,22 @@ class MlflowTracker(NullTracker):
         except Exception:
             return False
 
+    def tag_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set tags on another run (a relaunched sweep adopts the runs it resumes or skips)."""
+        from crs.runs.redact import redact_mapping
+
+        self.connect()
+        for k, v in redact_mapping(tags).items():
+            self.client.set_tag(run_id, k, str(v))
+
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:
         """Continue ``run_id``: status back to RUNNING, the old ``error`` tag removed, logged steps noted."""
         self.connect()
         self.run_id = run_id
         run = self.client.get_run(run_id)
-        if "error" in run.data.tags:
-            self.client.delete_tag(run_id, "error")
+        for stale in ("error", "crs.ghost", "crs.nonfinite"):
+            if stale in run.data.tags:
+                self.client.delete_tag(run_id, stale)
         self.client.update_run(run_id, status="RUNNING")
         for key in run.data.metrics:
             history = self.client.get_metric_history(run_id, key)

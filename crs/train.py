@@ -151,15 +151,23 @@ def _tags(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -
     if cfg.get("tags"):
         tags["tags"] = ",".join(map(str, cfg.tags))
     tags.update({f"version.{k}": v for k, v in versions().items()})
-    if parent is not None:
-        tags["sweep_id"] = parent["sweep_id"]
-        tags["job_num"] = ctx.get("job_num")
-        tags["overrides"] = " ".join(ctx.get("overrides", []))
-        swept = set(parent.get("swept_keys", []))
-        for ov in ctx.get("overrides", []):
-            key, _, value = ov.lstrip("+~").partition("=")
-            if key in swept:
-                tags[f"sweep.{key}"] = value
+    tags.update(_sweep_tags(ctx, parent))
+    return tags
+
+
+def _sweep_tags(ctx: dict[str, Any], parent: dict[str, Any] | None) -> dict[str, Any]:
+    if parent is None:
+        return {}
+    tags = {
+        "sweep_id": parent["sweep_id"],
+        "job_num": ctx.get("job_num"),
+        "overrides": " ".join(ctx.get("overrides", [])),
+    }
+    swept = set(parent.get("swept_keys", []))
+    for ov in ctx.get("overrides", []):
+        key, _, value = ov.lstrip("+~").partition("=")
+        if key in swept:
+            tags[f"sweep.{key}"] = value
     return tags
 
 
@@ -382,7 +390,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tracker = build_tracker(cfg.tracking)
     key = run_key(cfg)
     plan = plan_resume(cfg, tracker, output_dir, key, bool(ctx.get("multirun")))
+    # a relaunched sweep adopts the runs it resumes or skips, so its parent counts every job
+    adopt = {**_sweep_tags(ctx, parent), "mlflow.parentRunId": parent["run_id"]} if parent else {}
     if plan.skip is not None:
+        if adopt:
+            tracker.tag_run(plan.skip["run_id"], adopt)
         console.print(
             f"crs: skipped: this config already FINISHED as run {plan.skip['run_id']} ({plan.skip['run_name']}); "
             "resume=never trains it again"
@@ -400,7 +412,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if plan.run_id is not None:
         resumed = int(plan.marker.get("resumed", 0)) + 1
         tracker.reopen(
-            plan.run_id, {**tags, "crs.resumed": resumed, "crs.resumed_from_step": plan.marker["step"]}
+            plan.run_id,
+            {**tags, **adopt, "crs.resumed": resumed, "crs.resumed_from_step": plan.marker["step"]},
         )
         plan.marker["resumed"] = resumed
     else:

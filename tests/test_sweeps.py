@@ -102,6 +102,15 @@ def test_local_grid_with_a_failing_job(tmp_path):
     assert out.returncode == 0, out.stderr
     by_cell = {c["label"]: (c["n_finished"], c["n_failed"]) for c in json.loads(out.stdout)["cells"]}
     assert by_cell == {"null": (1, 0), "1": (0, 1)}, out.stdout
+    # relaunching the sweep (resume=auto) runs only the job that did not finish; the new parent adopts
+    # the skipped FINISHED run, so it counts every job
+    args[args.index(f"hydra.sweep.dir={other / 'sweep'}")] = f"hydra.sweep.dir={other / 'sweep2'}"
+    r = _crs(args, other, 900)
+    assert "crs: skipped: this config already FINISHED" in r.stdout, r.stdout[-2000:]
+    client, parents, jobs = _runs(other)
+    assert sorted(j.info.status for j in jobs) == ["FAILED", "FAILED", "FINISHED"]
+    p2 = client.get_run(json.loads((other / "sweep2" / "crs_sweep.json").read_text())["run_id"])
+    assert p2.data.tags["jobs.finished"] == "1" and p2.data.tags["jobs.failed"] == "1"
 
 
 def _slurm_up() -> bool:

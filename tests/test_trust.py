@@ -282,3 +282,37 @@ def test_several_jobs_at_once_in_a_fresh_folder(tmp_path):
     for r in runs:
         cfg = (Path(r.data.tags["crs.home"]) / ".hydra" / "config.yaml").read_text()
         assert f"seed: {r.data.params['seed']}\n" in cfg
+
+
+def test_a_store_that_stops_answering_fails_fast_with_one_line():
+    """Mid-run outage: the metric write raises TrackingError in seconds (no 8-minute retry stall)."""
+    from crs.tracking import MlflowTracker, TrackingError
+    from crs.train import quiet_env
+
+    quiet_env()  # caps MLflow's HTTP retries, as `crs train` does
+    t = MlflowTracker("http://ann:pw9@127.0.0.1:9", "crs")
+    from mlflow.tracking import MlflowClient
+
+    t.client, t.run_id = MlflowClient(t.uri), "0" * 32
+    t0 = time.time()
+    with pytest.raises(TrackingError) as err:
+        t.log_metrics({"loss": 1.0}, step=1)
+    assert time.time() - t0 < 60
+    msg = str(err.value)
+    assert "\n" not in msg and "127.0.0.1:9" in msg and "pw9" not in msg
+
+
+def test_compare_marks_runs_of_dead_processes(tmp_path):
+    from crs.runs.liveness import dead_in_row
+    from crs.runs.lock import RunLock
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / RunLock.NAME).write_text("1")
+    row = {"status": "RUNNING", "tags.crs.home": str(home), "tags.crs.pid": "1", "tags.crs.host": "elsewhere"}
+    assert "process died" in dead_in_row(row)
+    lock = RunLock(home)
+    assert lock.acquire()
+    assert dead_in_row(row) is None  # alive: its lock is held
+    lock.release()
+    assert dead_in_row({**row, "status": "FINISHED"}) is None

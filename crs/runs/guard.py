@@ -38,6 +38,8 @@ class NonFiniteError(RuntimeError):
 def _finite(t: torch.Tensor) -> bool:
     if t.numel() == 0:
         return True
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        return True  # inside a CUDA-graph capture (crs/rollout's static decoder) a host sync is illegal
     return bool(torch.isfinite(torch.sum(t.detach(), dtype=torch.float32)))
 
 
