@@ -1,7 +1,9 @@
 """Sweeps: one MLflow parent run per ``crs train -m``, created before any job starts.
 
 The Hydra callback :class:`MlflowSweepCallback` runs in the launching process. At
-``on_multirun_start`` it creates the experiment (so parallel jobs never race on sqlite schema or
+``on_multirun_start`` it first composes and checks **every job's config** (values, model path, data
+files, tracking store: :func:`check_every_job`), so one bad value stops the sweep with one line before
+any job or parent run exists; then it creates the experiment (so parallel jobs never race on sqlite schema or
 experiment creation) and a parent run, and writes ``<sweep dir>/crs_sweep.json`` — the parent run id,
 tracking URI, experiment, sweep id and the swept keys. Jobs read that file (it works on a shared file
 system, where environment variables of the launching shell do not reach SLURM array tasks) and open
@@ -10,6 +12,8 @@ their runs as children, tagged ``sweep_id``, ``job_num``, ``overrides`` and ``sw
 Hydra skips ``on_multirun_end`` when a job failed (it re-raises the job's exception after the batch),
 so the parent is also finalised at process exit: its status becomes FAILED if any child failed or was
 killed (tags ``jobs.finished``, ``jobs.failed``, ``jobs.killed`` say how many), FINISHED otherwise.
+Relaunching a sweep (``resume=auto``) skips jobs whose run FINISHED and resumes unfinished ones from
+their checkpoints; the new parent adopts both, so its counts cover every job.
 SLURM shows Hydra jobs that raised as COMPLETED; MLflow is where the truth lives.
 
     crs train -m method=grpo,tp_schedule schedule=linear seed=0,1 hydra/launcher=local

@@ -113,5 +113,9 @@ def test_sigkill_then_resume_auto_continues_the_same_run(compose_cfg, tmp_path):
     # same data position and RNG: the rollouts after the resume point score as in the uninterrupted run
     for step in range(resumed_from + 1, STEPS + 1):
         assert recomputed[step]["reward"] == pytest.approx(ref_reward[step], abs=1e-6), (step, kill_at)
+    # the second process trained only the steps after its checkpoint (not a fresh start that happens to
+    # reproduce the same numbers on a deterministic CPU)
+    marker = json.loads((home / "checkpoints" / f"checkpoint-{STEPS}" / "crs_checkpoint.json").read_text())
+    assert marker["steps_this_attempt"] == STEPS - resumed_from, (marker["steps_this_attempt"], resumed_from)
     summary = json.loads((home / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["resumed"] == 1

@@ -284,11 +284,14 @@ def test_several_jobs_at_once_in_a_fresh_folder(tmp_path):
         assert f"seed: {r.data.params['seed']}\n" in cfg
 
 
-def test_a_store_that_stops_answering_fails_fast_with_one_line():
+def test_a_store_that_stops_answering_fails_fast_with_one_line(monkeypatch):
     """Mid-run outage: the metric write raises TrackingError in seconds (no 8-minute retry stall)."""
     from crs.tracking import MlflowTracker, TrackingError
     from crs.train import quiet_env
 
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.setenv(var, "")  # restored after the test (the tracker sets the credentials)
+        monkeypatch.delenv(var)
     quiet_env()  # caps MLflow's HTTP retries, as `crs train` does
     t = MlflowTracker("http://ann:pw9@127.0.0.1:9", "crs")
     from mlflow.tracking import MlflowClient

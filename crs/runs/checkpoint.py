@@ -182,6 +182,11 @@ def checkpoint_callback(trainer, plan: ResumePlan, key: str, keep: int, tracker,
     from transformers import TrainerCallback
 
     class CrsCheckpoint(TrainerCallback):
+        steps_this_attempt = 0  # optimizer steps trained by this process (a resume trains only the rest)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps_this_attempt += 1
+
         def on_save(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
                 return
@@ -197,6 +202,7 @@ def checkpoint_callback(trainer, plan: ResumePlan, key: str, keep: int, tracker,
                 "time": time.time(),
                 "samples": list(getattr(trainer, "samples", [])),
                 "sample_steps_left": sorted(getattr(trainer, "sample_steps", [])),
+                "steps_this_attempt": self.steps_this_attempt,
                 **extra,
             }
             write_json_atomic(folder / MARKER, marker)
