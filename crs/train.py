@@ -275,7 +275,7 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
         logging_nan_inf_filter=False,  # a NaN loss is shown as NaN, not replaced by the running mean
         # resumable checkpoints into <run home>/checkpoints (crs/runs/checkpoint.py publishes and prunes)
         save_strategy="steps" if cfg.runs.checkpoint_every > 0 else "no",
-        save_steps=cfg.runs.checkpoint_every if cfg.runs.checkpoint_every > 0 else None,
+        save_steps=_checkpoint_steps(cfg) or None,
         report_to="none",
         disable_tqdm=True,
         seed=cfg.seed,
@@ -291,6 +291,19 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
     kwargs.update(grpo_generation_kwargs(t.generation, t.vllm_mode))
     kwargs.update(OmegaConf.to_container(t.extra, resolve=True))
     return GRPOConfig(**kwargs)
+
+
+def _checkpoint_steps(cfg: DictConfig) -> int:
+    """``runs.checkpoint_every`` rounded up to whole rollouts: TRL reuses one rollout for
+    steps_per_generation × num_iterations micro-steps, and a resumed trainer starts a fresh rollout, so a
+    checkpoint inside a rollout's window would change the data after the resume."""
+    every = int(cfg.runs.checkpoint_every)
+    if every <= 0:
+        return 0
+    t = cfg.trainer
+    micro = (t.steps_per_generation or t.gradient_accumulation_steps) * t.num_iterations
+    per_rollout = max(1, micro // t.gradient_accumulation_steps)
+    return -(-every // per_rollout) * per_rollout
 
 
 def _sample_steps(max_steps: int, n: int) -> list[int]:
