@@ -146,7 +146,9 @@ def test_non_finite_advantages_stop_the_run_failed_with_the_step(compose_cfg, tm
     run = client.search_runs([client.get_experiment_by_name("crs").experiment_id])[0]
     assert run.info.status == "FAILED" and "non-finite credit advantages at step 1" in run.data.tags["error"]
     assert run.data.tags["crs.nonfinite"] == "credit advantages@1"
-    hist = client.get_metric_history(run.info.run_id, "nonfinite/credit advantages")
+    from crs.metric_layout import ui_key
+
+    hist = client.get_metric_history(run.info.run_id, ui_key("nonfinite/credit advantages"))
     assert [m.step for m in hist] == [1] and hist[0].value != hist[0].value  # NaN logged, not dropped
 
 
