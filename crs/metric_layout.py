@@ -148,13 +148,16 @@ class MetricLayout:
         out: dict[str, float] = {}
         tags: dict[str, str] = {}
         for k, v in metrics.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, int | float):
                 continue
             if k.startswith(SUMMARY_PREFIX):
+                if not math.isfinite(v):
+                    continue
                 tags[SUMMARY_TAG + k[len(SUMMARY_PREFIX) :]] = summary_tag(v)
                 continue
             key = ui_key(k, self.knobs)
             if key is None or (not self.knobs and key.startswith(KNOB_SECTION)):
                 continue
-            out[_BAD.sub("_", key)] = round_sig(float(v))
+            # NaN/inf are logged, not dropped: the step that diverged must show it (crs/runs/guard.py)
+            out[_BAD.sub("_", key)] = round_sig(float(v)) if math.isfinite(v) else float(v)
         return out, tags

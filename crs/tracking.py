@@ -193,6 +193,10 @@ class MlflowTracker(NullTracker):
                 self._logged_steps[key] = max(m.step for m in history)
         if tags:
             self.set_tags(tags)
+        from crs.metric_layout import MetricLayout
+
+        drives = run.data.tags.get("drives", "none")  # the same UI layout as the first attempt
+        self.layout = MetricLayout(knobs=[] if drives == "none" else drives.split(","))
 
     def start(
         self,

@@ -25,6 +25,7 @@ from crs.metric_layout import ui_key
 STEPS = 8
 OVERRIDES = [
     "debug=fast",
+    "method=tp_schedule",  # a driven knob, so ρ is logged (crs/metric_layout.py)
     f"trainer.max_steps={STEPS}",
     "runs.checkpoint_every=2",
     "runs.keep_on_finish=true",
@@ -64,7 +65,7 @@ def test_sigkill_then_resume_auto_continues_the_same_run(compose_cfg, tmp_path):
     work.mkdir()
     uri = f"sqlite:///{work / 'mlflow.db'}"
     args = [*OVERRIDES, f"tracking.uri={uri}"]
-    kill_at = random.Random().randint(2, STEPS - 1)
+    kill_at = random.Random().randint(3, STEPS - 1)  # after the first checkpoint (step 2) exists
     proc = _crs(work, *args)
     client = MlflowClient(uri)
     deadline, run_id = time.time() + 400, None
@@ -74,7 +75,12 @@ def test_sigkill_then_resume_auto_continues_the_same_run(compose_cfg, tmp_path):
             continue
         exp = client.get_experiment_by_name("crs")
         runs = client.search_runs([exp.experiment_id]) if exp else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, ui_key("loss"))) >= kill_at:
+        published = list(work.glob("outputs/runs/*/*/checkpoints/checkpoint-*/crs_checkpoint.json"))
+        if (
+            runs
+            and published
+            and len(client.get_metric_history(runs[0].info.run_id, ui_key("loss"))) >= kill_at
+        ):
             run_id = runs[0].info.run_id
             proc.send_signal(signal.SIGKILL)
             break

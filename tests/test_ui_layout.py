@@ -5,6 +5,8 @@ pytest tests/test_ui_layout.py
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from crs.metric_layout import MetricLayout, round_sig, ui_key
@@ -52,11 +54,12 @@ def test_layout_drops_knob_charts_without_a_knob_and_turns_summaries_into_tags()
         "nan": float("nan"),
     }
     metrics, tags = MetricLayout(knobs=()).split(logs)
+    assert math.isnan(metrics.pop("other/nan"))  # NaN is logged, not dropped (issue 9)
     # no ρ chart, a knob-like statistic that is not driven stays with credit, float noise rounded away
     assert metrics == {"1 main/reward": 0.165, "3 credit/tp_schedule.withhold": 0.3}
     assert tags == {"final.eval_accuracy_end": "0.1875", "final.steps": "3"}
     metrics, _ = MetricLayout(knobs=["tp_schedule/withhold"]).split(logs)
-    assert set(metrics) == {"1 main/reward", "2 schedule/rho", "2 schedule/tp_schedule.withhold"}
+    assert set(metrics) == {"1 main/reward", "2 schedule/rho", "2 schedule/tp_schedule.withhold", "other/nan"}
     assert round_sig(3.725290298461914e-08) == pytest.approx(3.72529e-08, rel=1e-9)
 
 
