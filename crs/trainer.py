@@ -275,7 +275,8 @@ class CreditGRPOTrainer(GRPOTrainer):
             comp = comps[i] if i < len(comps) else None
             self.samples.append(
                 {
-                    "step": self.state.global_step + 1,  # the optimizer step this rollout feeds (metric steps count from 1)
+                    # the optimizer step this rollout feeds (metric steps count from 1)
+                    "step": self.state.global_step + 1,
                     "rho": self._crs_rho,
                     "prompt": prompt if isinstance(prompt, str) else str(prompt),
                     "completion": comp if isinstance(comp, str) else (comp[0]["content"] if comp else None),
