@@ -223,7 +223,12 @@ def build_tokenizer(texts: list[str], vocab_size: int = 128):
 
 
 def build_model(tokenizer, cfg: EmbeddedModelConfig):
-    """A randomly initialised ``Qwen2ForCausalLM`` of the configured size (seed set by the caller)."""
+    """A randomly initialised ``Qwen2ForCausalLM`` of the configured size (seed set by the caller).
+
+    ``cfg`` needs ``hidden_size``, ``intermediate_size``, ``num_layers``, ``num_heads``,
+    ``max_position_embeddings`` and optionally ``num_kv_heads`` (default: ``num_heads``), so the
+    environment policies (:mod:`crs.envs.policy`) build the same architecture.
+    """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     mcfg = Qwen2Config(
@@ -232,7 +237,7 @@ def build_model(tokenizer, cfg: EmbeddedModelConfig):
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
+        num_key_value_heads=getattr(cfg, "num_kv_heads", cfg.num_heads),
         max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

@@ -68,10 +68,10 @@ def cache_key(pcfg: EnvPolicyConfig, bench_cfg: Mapping[str, Any]) -> str:
 def build_policy(pcfg: EnvPolicyConfig, bench, show_progress: bool = False):
     """Tokenizer + model + SFT warm start on the benchmark's noisy expert conversations (nothing saved)."""
     from datasets import Dataset
-    from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM, set_seed
+    from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from crs.embedded import _quiet
+    from crs.embedded import _quiet, build_model
     from crs.envs.chat import build_chat_tokenizer, render
 
     convs = bench.info["sft_conversations"](pcfg.n_sft, pcfg.seed, pcfg.error_rate)
@@ -80,27 +80,7 @@ def build_policy(pcfg: EnvPolicyConfig, bench, show_progress: bool = False):
         tok = build_chat_tokenizer(texts[:2000], pcfg.vocab_size)
         tok.model_max_length = pcfg.max_position_embeddings
         set_seed(pcfg.seed)
-        mcfg = Qwen2Config(
-            vocab_size=len(tok),
-            hidden_size=pcfg.hidden_size,
-            intermediate_size=pcfg.intermediate_size,
-            num_hidden_layers=pcfg.num_layers,
-            num_attention_heads=pcfg.num_heads,
-            num_key_value_heads=pcfg.num_heads,
-            max_position_embeddings=pcfg.max_position_embeddings,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            use_cache=True,
-        )
-        model = Qwen2ForCausalLM(mcfg)
-        gc = model.generation_config
-        gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = (
-            tok.bos_token_id,
-            tok.eos_token_id,
-            tok.pad_token_id,
-        )
+        model = build_model(tok, pcfg)
         prompts = [render(c[:1], add_generation_prompt=True) for c in convs]
         completions = [
             t[len(p) - len("<|assistant|>") :].removeprefix("<|assistant|>") for t, p in zip(texts, prompts)
