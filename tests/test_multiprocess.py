@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from helpers.policy import policy_logps_and_entropies
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from crs.credit import CreditChain
@@ -79,16 +80,7 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path, name):
     inputs = one._prepare_inputs(next(iter(one.get_train_dataloader())))
     # ratio ≠ 1, so the loss is not ≈ 0 whatever the mask
     g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        from trl import GRPOTrainer
-
-        logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            one,
-            one.model,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
-            inputs["completion_ids"].shape[1],
-        )
+    logps, _ = policy_logps_and_entropies(one, inputs)
     inputs = {**inputs, "old_per_token_logps": logps + 0.3 * torch.randn(logps.shape, generator=g)}
     expected = _grads(one, inputs)
     assert expected.abs().sum() > 0

@@ -27,6 +27,7 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
+from helpers.policy import policy_logps_and_entropies
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
@@ -87,16 +88,7 @@ def _rollout(tr):
 
 def _entropies(tr, inputs):
     """Token entropies of the (unchanged) policy on the rollout, from TRL's own forward."""
-    with torch.no_grad():
-        _, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            tr,
-            tr.model,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
-            inputs["completion_ids"].shape[1],
-            compute_entropy=True,
-        )
-    return ent
+    return policy_logps_and_entropies(tr, inputs)[1]
 
 
 def _plain_loss(tr, inputs):
@@ -107,30 +99,15 @@ def _perturb(inputs, seed=1, scale=0.3):
     """Old (and reference) log-probs that differ from the policy: ratio ≠ 1, some tokens clipped."""
     g = torch.Generator().manual_seed(seed)
     T = inputs["completion_ids"].shape
-    logps = _logps_of(inputs)
+    logps = inputs["_logps"]
     out = dict(inputs)
     out["old_per_token_logps"] = logps + scale * torch.randn(T, generator=g)
     out["ref_per_token_logps"] = logps + scale * torch.randn(T, generator=g)
     return out
 
 
-_LOGPS: dict[int, torch.Tensor] = {}
-
-
-def _logps_of(inputs):
-    return inputs["_logps"]
-
-
 def _with_logps(tr, inputs):
-    with torch.no_grad():
-        logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            tr,
-            tr.model,
-            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
-            inputs["completion_ids"].shape[1],
-        )
-    return {**inputs, "_logps": logps}
+    return {**inputs, "_logps": policy_logps_and_entropies(tr, inputs)[0]}
 
 
 def _grads(tr, loss_fn, inputs):
