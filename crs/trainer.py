@@ -1,6 +1,6 @@
 """The one ``GRPOTrainer`` subclass: plugs a credit chain and a temporal schedule into TRL's loss.
 
-TRL 1.16 has no advantage hook (trl#4525, trl#7291), so crs overrides four *private* methods — pinned
+TRL 1.16 has no advantage hook (trl#4525, trl#7291), so crs overrides five *private* methods — pinned
 to ``trl>=1.16,<1.17`` and guarded by ``tests/test_trl_contract.py``, which fails loudly if an upgrade
 changes them:
 
