@@ -37,6 +37,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from crs.runs.signals import shield  # store writes are never cut by a kill signal
+
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _BAD_CHARS = re.compile(r"[^0-9A-Za-z_\-. :/]")
 
@@ -170,6 +172,7 @@ class MlflowTracker(NullTracker):
         except Exception:
             return False
 
+    @shield
     def tag_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set tags on another run (a relaunched sweep adopts the runs it resumes or skips)."""
         from crs.runs.redact import redact_mapping
@@ -178,6 +181,7 @@ class MlflowTracker(NullTracker):
         for k, v in redact_mapping(tags).items():
             self.client.set_tag(run_id, k, str(v))
 
+    @shield
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:
         """Continue ``run_id``: status back to RUNNING, the old ``error`` tag removed, logged steps noted."""
         self.connect()
@@ -198,6 +202,7 @@ class MlflowTracker(NullTracker):
         drives = run.data.tags.get("drives", "none")  # the same UI layout as the first attempt
         self.layout = MetricLayout(knobs=[] if drives == "none" else drives.split(","))
 
+    @shield
     def start(
         self,
         run_name: str | None = None,
@@ -217,6 +222,7 @@ class MlflowTracker(NullTracker):
         drives = all_tags.get("drives", "none")
         self.layout = MetricLayout(knobs=[] if drives == "none" else drives.split(","))
 
+    @shield
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -229,6 +235,7 @@ class MlflowTracker(NullTracker):
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
+    @shield
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
@@ -238,6 +245,7 @@ class MlflowTracker(NullTracker):
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, tags=items[i : i + 100], synchronous=True)
 
+    @shield
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         import time
 
@@ -266,15 +274,18 @@ class MlflowTracker(NullTracker):
         for m in items:  # one value per metric and step (HF's end-of-training log repeats `epoch`)
             self._logged_steps[m.key] = m.step
 
+    @shield
     def log_artifacts(self, local_dir: Path | str, artifact_path: str | None = None) -> None:
         if Path(local_dir).exists():
             self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
+    @shield
     def log_dict(self, data: Any, artifact_file: str) -> None:
         from crs.runs.redact import redact_value
 
         self.client.log_dict(self.run_id, redact_value("", data), artifact_file)
 
+    @shield
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         from crs.runs.redact import redact_text
 

@@ -33,19 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from crs.config import register_configs, validate
 from crs.errors import ConfigError
+from crs.runs import signals
+from crs.runs.signals import JobKilled  # noqa: F401  (re-exported)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-class JobKilled(KeyboardInterrupt):
-    """SIGTERM/SIGHUP/SIGINT (a SLURM time limit, scancel, a closed terminal, Ctrl-C): the run ends KILLED."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"signal {signal.Signals(signum).name}")
-
-
-KILL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def quiet_env() -> None:
@@ -443,16 +434,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     heartbeat = Heartbeat(tracker, float(cfg.runs.heartbeat_s))
     heartbeat.start()
     status, error = "FINISHED", None
-    previous = {}
-
-    def _on_signal(signum, frame):
-        raise JobKilled(signum)
-
-    for sig in KILL_SIGNALS:
-        try:
-            previous[sig] = signal.signal(sig, _on_signal)
-        except ValueError:  # not the main thread (e.g. a thread-based launcher): keep the default
-            pass
+    previous = signals.install()  # kill signals → JobKilled, held during store writes (crs/runs/signals.py)
     t0 = time.time()
     try:
         if not plan.resuming:
@@ -476,15 +458,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         heartbeat.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with signals.shielded(raise_held=False):  # a second Ctrl-C must not leave the run RUNNING
+            _close_run(tracker, status, error)
+        signals.restore(previous)
+        run_lock.release()
+
+
+def _close_run(tracker, status: str, error: str | None, tries: int = 3) -> None:
+    """Close the MLflow run with its status; a busy sqlite file (other jobs writing) gets a few more tries.
+    If the store is gone, say so on stderr — never hang or mask the real error."""
+    for attempt in range(tries):
         try:
             tracker.end(status, error)
-        except Exception as err:  # the store itself is gone: say so, never hang or mask the real error
-            console.print(
-                f"crs: could not close the MLflow run ({type(err).__name__}); `crs runs clean` will"
-            )
-        run_lock.release()
+            return
+        except Exception as err:
+            if attempt == tries - 1:
+                print(
+                    f"crs: could not close the MLflow run as {status} ({type(err).__name__}: {err}); "
+                    "`crs runs clean` will",
+                    file=sys.stderr,
+                )
+            else:
+                time.sleep(1.0 + attempt)
 
 
 def _record_nonfinite(tracker, err: BaseException) -> None:
