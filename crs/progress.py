@@ -29,20 +29,19 @@ def fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _rl_stats(s: Mapping[str, Any]) -> str:
-    return (
-        f"reward {fmt(s.get('reward'))}  acc {fmt(s.get('accuracy'))}  ρ {fmt(s.get('schedule/rho'), 2)}"
-        f"  H {fmt(s.get('entropy/all'))}"
-    )
+def _rl_stats(s: Mapping[str, Any], show_rho: bool = True) -> str:
+    rho = f"  ρ {fmt(s.get('schedule/rho'), 2)}" if show_rho else ""
+    return f"reward {fmt(s.get('reward'))}  acc {fmt(s.get('accuracy'))}{rho}  H {fmt(s.get('entropy/all'))}"
 
 
 class RichProgressCallback(TrainerCallback):
     """Progress bar over optimizer steps, fed by the trainer's per-step logs."""
 
-    def __init__(self, description: str = "train", stats=None):
+    def __init__(self, description: str = "train", stats=None, show_rho: bool = True):
         self.description = description
-        # last logged values -> the text shown beside the bar (default: the RL numbers)
-        self.stats = stats or _rl_stats
+        # last logged values -> the text shown beside the bar (default: the RL numbers; ρ only when a
+        # schedule drives a knob of the method — plain GRPO has none to show)
+        self.stats = stats or (lambda s: _rl_stats(s, show_rho))
         self.progress: Progress | None = None
         self.task = None
         self.last: dict[str, float] = {}

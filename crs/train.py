@@ -585,8 +585,13 @@ def _train(
             ckpt_state["start_eval"] = plan.marker.get("start_eval")
             ckpt_state["resumed"] = plan.marker.get("resumed", 0)
         trainer.add_callback(checkpoint_callback(trainer, plan, key, cfg.runs.keep, tracker, ckpt_state))
-    title = f"{ctx.get('choices', {}).get('method', cfg.method.name)} × {ctx.get('choices', {}).get('schedule', cfg.schedule.name)} (seed {cfg.seed})"
-    trainer.add_callback(RichProgressCallback(title))
+    from crs.naming import driven_knobs
+
+    knobs = driven_knobs(cfg.method.credit)
+    choices = ctx.get("choices", {})
+    schedule = choices.get("schedule", cfg.schedule.name) if knobs else "none"
+    title = f"{choices.get('method', cfg.method.name)} × {schedule} (seed {cfg.seed})"
+    trainer.add_callback(RichProgressCallback(title, show_rho=bool(knobs)))
     if cfg.get("inject_failure_at_step") is not None:
         trainer.add_callback(_inject_failure(int(cfg.inject_failure_at_step)))
     console.print(
