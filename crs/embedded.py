@@ -303,8 +303,7 @@ def build_and_sft(
         ``(model, tokenizer, sft_info)`` where ``sft_info`` has ``steps``, ``first_loss``,
         ``final_loss``, ``losses`` (list of ``(step, loss)``) and ``wall_time_s``.
     """
-    from transformers import PrinterCallback, TrainerCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from transformers import TrainerCallback, set_seed
 
     from crs.benchmarks.arithmetic import corpus, sft_dataset
 
@@ -340,39 +339,20 @@ def build_and_sft(
                 tokenizer,
                 {"steps": 0, "first_loss": None, "final_loss": None, "losses": [], "wall_time_s": 0.0},
             )
-        with tempfile.TemporaryDirectory(prefix="crs-sft-") as tmp:
-            args = SFTConfig(
-                output_dir=tmp,  # nothing is saved there (save_strategy="no"); our caller saves
-                max_steps=cfg.sft_steps,
-                per_device_train_batch_size=cfg.sft_batch_size,
-                learning_rate=cfg.learning_rate,
-                lr_scheduler_type="cosine",
-                warmup_steps=cfg.warmup_steps,
-                weight_decay=cfg.weight_decay,
-                logging_steps=max(1, cfg.sft_steps // 20),
-                completion_only_loss=True,  # learn the solution (and the EOS TRL appends), not the prompt
-                max_length=cfg.max_position_embeddings,
-                packing=False,
-                seed=cfg.seed,
-                data_seed=cfg.seed,
-                dataloader_num_workers=0,
-                bf16=False,
-                use_cpu=True,
-                activation_checkpointing=False,
-                report_to="none",
-                save_strategy="no",
-                disable_tqdm=True,
-            )
-            trainer = SFTTrainer(
-                model=model,
-                args=args,
-                train_dataset=train_ds,
-                processing_class=tokenizer,
-                callbacks=callbacks,
-            )
-            # with disable_tqdm=True, Trainer prints every log dict; the rich bar replaces both
-            trainer.remove_callback(PrinterCallback)
-            trainer.train()
+        trainer = sft_warm_start(
+            model,
+            tokenizer,
+            train_ds,
+            steps=cfg.sft_steps,
+            batch_size=cfg.sft_batch_size,
+            lr=cfg.learning_rate,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            logging_steps=max(1, cfg.sft_steps // 20),
+            max_length=cfg.max_position_embeddings,
+            seed=cfg.seed,
+            callbacks=callbacks,
+        )
         model = trainer.model
         model.config.use_cache = True
     info = {
@@ -383,6 +363,61 @@ def build_and_sft(
         "wall_time_s": time.perf_counter() - t0,
     }
     return model, tokenizer, info
+
+
+def sft_warm_start(
+    model,
+    tokenizer,
+    train_ds,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    logging_steps: int,
+    max_length: int,
+    seed: int,
+    weight_decay: float = 0.0,
+    callbacks: list | None = None,
+):
+    """TRL SFT of a tiny model on ``prompt``/``completion`` rows, on the CPU, nothing saved; returns the trainer.
+
+    The one warm start of crs's own models (the embedded policy, the environment policies): completion-only
+    loss (the solution and the EOS TRL appends, not the prompt), cosine schedule, no packing.
+    """
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    with tempfile.TemporaryDirectory(prefix="crs-sft-") as tmp:
+        args = SFTConfig(
+            output_dir=tmp,  # nothing is saved there (save_strategy="no"); the caller saves
+            max_steps=steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            logging_steps=logging_steps,
+            completion_only_loss=True,
+            max_length=max_length,
+            packing=False,
+            seed=seed,
+            data_seed=seed,
+            dataloader_num_workers=0,
+            bf16=False,
+            use_cpu=True,
+            activation_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=callbacks
+        )
+        # with disable_tqdm=True, Trainer prints every log dict; the rich bar replaces both
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return trainer
 
 
 def pretrain(
@@ -470,16 +505,17 @@ def ensure_embedded_model(
 ) -> Path:
     """Return ``cache_dir/embedded-<key>``, building it with :func:`pretrain` on a cache miss.
 
-    The model is built in a private temporary directory inside ``cache_dir`` and published with an
-    atomic ``os.rename``, so a reader never sees a half-written model. If another process publishes
-    the same key first, our rename fails and our copy is discarded (both are identical anyway:
-    the build is deterministic).
+    Built in a private temporary folder and published atomically, one builder at a time
+    (:func:`crs.cache.publish`), so a reader never sees a half-written model and concurrent jobs build it once.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / f"embedded-{cache_key(model_cfg, bench_cfg)}"
-    if (final / "crs_pretrain.json").exists():
-        return final
+    from crs.cache import publish
+
+    final = Path(cache_dir) / f"embedded-{cache_key(model_cfg, bench_cfg)}"
+    return publish(
+        final,
+        "crs_pretrain.json",
+        lambda tmp: pretrain(model_cfg, bench_cfg, tmp, show_progress=show_progress),
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
     try:
         pretrain(model_cfg, bench_cfg, tmp, show_progress=show_progress)

@@ -4,7 +4,7 @@ Like the embedded default (:mod:`crs.embedded`): a BPE tokenizer trained on the 
 text (with the terse tool-calling chat format of :mod:`crs.envs.chat`), a toy ``Qwen2ForCausalLM``,
 and a short TRL ``SFTTrainer`` warm start on *noisy* expert conversations (``error_rate`` of the
 actions are random), stopped early so the policy succeeds sometimes — the regime where group-relative
-RL has signal. Cached under ``paths.cache_dir/envpolicy-<hash>`` with an atomic rename.
+RL has signal. Cached under ``paths.cache_dir/envpolicy-<hash>`` with an atomic rename, one builder at a time (crs/cache.py).
 
 :func:`play` runs the policy in the environment with its own small loop (same chat format and parser
 as TRL's ``environment_factory`` loop) to report success rates after SFT.
@@ -68,10 +68,9 @@ def cache_key(pcfg: EnvPolicyConfig, bench_cfg: Mapping[str, Any]) -> str:
 def build_policy(pcfg: EnvPolicyConfig, bench, show_progress: bool = False):
     """Tokenizer + model + SFT warm start on the benchmark's noisy expert conversations (nothing saved)."""
     from datasets import Dataset
-    from transformers import PrinterCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from transformers import set_seed
 
-    from crs.embedded import _quiet, build_model
+    from crs.embedded import _quiet, build_model, sft_warm_start
     from crs.envs.chat import build_chat_tokenizer, render
 
     convs = bench.info["sft_conversations"](pcfg.n_sft, pcfg.seed, pcfg.error_rate)
@@ -94,33 +93,19 @@ def build_policy(pcfg: EnvPolicyConfig, bench, show_progress: bool = False):
                 RichProgressCallback("env policy SFT", stats=lambda s: f"loss {fmt(s.get('loss'))}")
             )
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="crs-envsft-") as tmp:
-            args = SFTConfig(
-                output_dir=tmp,
-                max_steps=pcfg.sft_steps,
-                per_device_train_batch_size=pcfg.sft_batch_size,
-                learning_rate=pcfg.learning_rate,
-                lr_scheduler_type="cosine",
-                warmup_steps=min(30, pcfg.sft_steps // 10),
-                logging_steps=max(1, pcfg.sft_steps // 10),
-                completion_only_loss=True,
-                max_length=pcfg.max_position_embeddings,
-                packing=False,
-                seed=pcfg.seed,
-                data_seed=pcfg.seed,
-                dataloader_num_workers=0,
-                bf16=False,
-                use_cpu=True,
-                activation_checkpointing=False,
-                report_to="none",
-                save_strategy="no",
-                disable_tqdm=True,
-            )
-            trainer = SFTTrainer(
-                model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=callbacks
-            )
-            trainer.remove_callback(PrinterCallback)
-            trainer.train()
+        trainer = sft_warm_start(
+            model,
+            tok,
+            ds,
+            steps=pcfg.sft_steps,
+            batch_size=pcfg.sft_batch_size,
+            lr=pcfg.learning_rate,
+            warmup_steps=min(30, pcfg.sft_steps // 10),
+            logging_steps=max(1, pcfg.sft_steps // 10),
+            max_length=pcfg.max_position_embeddings,
+            seed=pcfg.seed,
+            callbacks=callbacks,
+        )
         model = trainer.model
         model.config.use_cache = True
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -244,11 +229,35 @@ def ensure_env_policy(
     from crs.benchmarks import build_benchmark
 
     pcfg = EnvPolicyConfig.from_any(policy_cfg)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / f"envpolicy-{bench_cfg['name']}-{cache_key(pcfg, bench_cfg)}"
-    if (final / "crs_pretrain.json").exists():
-        return final
+    from crs.cache import publish
+
+    final = Path(cache_dir) / f"envpolicy-{bench_cfg['name']}-{cache_key(pcfg, bench_cfg)}"
+
+    def build(tmp: Path) -> None:
+        bench = build_benchmark(bench_cfg, pcfg.seed)
+        t0 = time.perf_counter()
+        model, tok, info = build_policy(pcfg, bench, show_progress=show_progress)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        t1 = time.perf_counter()
+        ev = (
+            success_rate(model, tok, bench, pcfg.eval_tasks, pcfg.eval_k, seed=pcfg.seed)
+            if pcfg.eval_tasks
+            else {}
+        )
+        report = {
+            "builder_version": POLICY_VERSION,
+            "policy": asdict(pcfg),
+            "benchmark": {k: v for k, v in dict(bench_cfg).items() if k != "policy"},
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(tok),
+            "sft": info,
+            "eval": ev,
+            "wall_time_s": {"sft": t1 - t0, "eval": time.perf_counter() - t1},
+        }
+        (tmp / "crs_pretrain.json").write_text(json.dumps(report, indent=2, default=str))
+
+    return publish(final, "crs_pretrain.json", build)
     bench = build_benchmark(bench_cfg, pcfg.seed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
     try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -145,21 +144,9 @@ def step_prf(truth_ok: list[float], pred_ok: list[float]) -> dict[str, float]:
 
 
 def _publish(final: Path, build) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if (final / "crs_report.json").exists():
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "crs_report.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    from crs.cache import publish
+
+    return publish(final, "crs_report.json", build)
 
 
 def _cache(cache_dir: str | None) -> Path:
@@ -303,6 +290,25 @@ def evaluate_prm(
     return step_prf(truth, pred)
 
 
+def _ensure(
+    kind: str, defaults, build, policy_path, benchmark, cache_dir, settings, separators, task
+) -> Path:
+    """The cached ``kind`` model for ``(policy, benchmark, settings)``, built by ``build`` on first use."""
+    policy_path = _policy(policy_path, cache_dir)
+    s = {**defaults.__dict__, **dict(settings or {})}
+    final = (
+        _cache(cache_dir) / f"{kind}-{_key(kind, policy_path, benchmark, {**s, 'task': task}, separators)}"
+    )
+    if not (final / "crs_report.json").exists():
+        from crs.progress import console
+
+        console.print(
+            f"crs: building a {kind.upper() if kind == 'prm' else kind} for {benchmark} from the policy's "
+            f"rule-labelled samples (once); cached in {final}"
+        )
+    return _publish(final, lambda tmp: build(policy_path, benchmark, tmp, s, separators, task=task))
+
+
 def ensure_prm(
     policy_path: str | None,
     benchmark: str,
@@ -312,16 +318,9 @@ def ensure_prm(
     task=None,
 ) -> Path:
     """The cached PRM for ``(policy, benchmark, settings)``, built on first use."""
-    policy_path = _policy(policy_path, cache_dir)
-    s = {**PRMSettings().__dict__, **dict(settings or {})}
-    final = _cache(cache_dir) / f"prm-{_key('prm', policy_path, benchmark, {**s, 'task': task}, separators)}"
-    if not (final / "crs_report.json").exists():
-        from crs.progress import console
-
-        console.print(
-            f"crs: building a PRM for {benchmark} from the policy's rule-labelled samples (once); cached in {final}"
-        )
-    return _publish(final, lambda tmp: build_prm(policy_path, benchmark, tmp, s, separators, task=task))
+    return _ensure(
+        "prm", PRMSettings(), build_prm, policy_path, benchmark, cache_dir, settings, separators, task
+    )
 
 
 # -------------------------------------------------------------------------------------------------- judge
@@ -467,18 +466,9 @@ def ensure_judge(
     task=None,
 ) -> Path:
     """The cached judge for ``(policy, benchmark, settings)``, built on first use."""
-    policy_path = _policy(policy_path, cache_dir)
-    s = {**JudgeSettings().__dict__, **dict(settings or {})}
-    final = (
-        _cache(cache_dir) / f"judge-{_key('judge', policy_path, benchmark, {**s, 'task': task}, separators)}"
+    return _ensure(
+        "judge", JudgeSettings(), build_judge, policy_path, benchmark, cache_dir, settings, separators, task
     )
-    if not (final / "crs_report.json").exists():
-        from crs.progress import console
-
-        console.print(
-            f"crs: building a judge for {benchmark} from the policy's rule-labelled samples (once); cached in {final}"
-        )
-    return _publish(final, lambda tmp: build_judge(policy_path, benchmark, tmp, s, separators, task=task))
 
 
 if __name__ == "__main__":  # pragma: no cover - a convenience for the README numbers
