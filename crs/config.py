@@ -409,6 +409,9 @@ def validate(cfg: DictConfig) -> None:
     from crs.steps.hook import validate_steps
 
     validate_steps(cfg)  # method.steps: scorer, vote, a process verifier where one is needed
+    from crs.steps.retry import validate_r3l
+
+    validate_r3l(cfg)  # method=r3l: single-turn benchmark, a scorer that marks wrong steps, retry slots
     r = cfg.get("runs")
     if r is not None:
         _check(r.checkpoint_every >= 0, f"runs.checkpoint_every must be >= 0 (got {r.checkpoint_every})")

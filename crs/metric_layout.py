@@ -16,7 +16,7 @@ section             what goes there
                     for methods that have one; a method without one logs no schedule charts
 ``3 credit``        ``credit/*``, ``adv/*``, entropy of selected/unselected tokens, credit
                     localization (``loc/*``), step scores, interventions and implicit-PRM statistics
-                    (``steps/*``, ``int/*``, ``implicit/*``) of step-level methods
+                    (``steps/*``, ``int/*``, ``implicit/*``, R³L's ``r3l/*``) of step-level methods
 ``4 rollouts``      reward spread, per-reward-function means, completion lengths, tokens,
                     multi-turn environment counts (``env/*``; ``env/success`` is in ``1 main``)
 ``5 optimizer``     loss, grad norm, learning rate, clip ratios, TRL's entropy of trained tokens
@@ -65,7 +65,7 @@ RULES: list[tuple[str, str | None]] = [
     (r"adv/(.+)", "3 credit/adv_{1}"),
     (r"entropy/(.+)", "3 credit/entropy_{1}"),
     (r"loc/(.+)", "3 credit/loc.{1}"),  # credit localization of step-level methods (crs/steps)
-    (r"(steps|int|implicit)/(.+)", "3 credit/{1}.{2}"),  # step scores, InT interventions, implicit PRM
+    (r"(steps|int|implicit|r3l)/(.+)", "3 credit/{1}.{2}"),  # step scores, InT, implicit PRM, R³L retries
     # 9 TRL bookkeeping (before the eval_ catch-all: eval_runtime is bookkeeping)
     (
         r"(epoch|total_flos|step_time|train_runtime|train_loss|train_samples_per_second|train_steps_per_second"

@@ -546,6 +546,11 @@ def _train(
 
     credit = CreditChain(cfg.method.credit)
     step_hook = StepHook(credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir)
+    from crs.steps.retry import R3LRetry
+
+    retry = None
+    if R3LRetry.wanted(credit):  # R³L reflect-then-retry rollouts (crs/steps/retry.py)
+        retry = R3LRetry(credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir)
     trainer = CreditGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -566,6 +571,7 @@ def _train(
         environment_factory=bench.info.get("environment_factory"),  # multi-turn benchmarks (crs/envs)
         generation=cfg.trainer.generation,
         opmd_tau=cfg.trainer.opmd_tau if cfg.trainer.loss_type == "opmd" else None,
+        retry=retry,
     )
     trainer.remove_callback(PrinterCallback)
     cb = tracker.callback()

@@ -1,4 +1,4 @@
-"""R³L pivotal credit (arXiv 2601.03715; ``shiweijiezero/R3L`` Trinity-RFT workflows) — the mask only.
+"""R³L pivotal credit (arXiv 2601.03715; ``shiweijiezero/R3L`` Trinity-RFT workflows): masks and the step.
 
 R³L reflects on a failed attempt, retries from the diagnosed pivot step, and trains **only the
 diverging suffix** of both attempts: in the authors' trajectory-level workflow
@@ -9,10 +9,16 @@ the shared prefix gets no gradient. :func:`pivot_suffix_mask` is that rule on cr
 analogue (a token position instead of a turn). Positive amplification is the existing
 ``r3l_amplify`` step.
 
-Not implemented yet: the reflect-then-retry *generation* (a reflection pass that names
-``retry_from_step``, replay of the prefix in a re-created environment, regeneration from the pivot,
-guidance distilled out) — it needs a ``rollout_func`` with three generations per slot; and the
-step-level variant's asymmetric mask (base steps < pivot kept).
+The ``r3l`` credit step (mask phase) multiplies the rollout's ``r3l_keep`` ``[B,T]`` tensor into the
+loss mask; the reflect-then-retry *generation* that produces it is :mod:`crs.steps.retry` (single-turn:
+the embedded arithmetic and bifurcation tasks)::
+
+    crs train method=r3l
+
+Not implemented yet: the multi-turn generation (maze / calc_tool: pivot = turn index, replay of the
+first attempt's first ``pivot`` actions in a re-created environment, regeneration of the rest — the
+mask for it, :func:`pivot_suffix_mask`, is here); the step-level variant's asymmetric mask (base steps
+< pivot kept).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from crs.credit import CreditBatch, register_credit
 from crs.envs.turns import turn_index
 
 
@@ -40,3 +47,30 @@ def pivot_token_mask(loss_mask: Tensor, pivot_pos: Tensor) -> Tensor:
     """Single-turn analogue: train only tokens at or after ``pivot_pos[b]`` (the retried step's first token)."""
     t = torch.arange(loss_mask.shape[1], device=loss_mask.device).unsqueeze(0)
     return (loss_mask > 0).float() * (t >= pivot_pos.long().unsqueeze(1)).float()
+
+
+@register_credit(
+    "r3l",
+    phase="mask",
+    token_features=("r3l_keep",),
+    ranges={"rate": "[0, 1]", "retry_share": "(0, 1)"},
+)
+def r3l(
+    batch: CreditBatch,
+    rate: float = 1.0,
+    retry_share: float = 0.5,
+    guidance: str | None = None,
+    pivotal: bool = True,
+) -> CreditBatch:
+    """R³L reflect-then-retry with pivotal credit (arXiv 2601.03715).
+
+    The retries are generated at rollout time (:mod:`crs.steps.retry`, which reads ``rate``,
+    ``retry_share`` and ``guidance``); this step only applies the pivotal mask: ``mask·r3l_keep``,
+    where ``r3l_keep`` ``[B,T]`` is 0 on the shared prefix of each retry and of its first attempt
+    (absent outside training rollouts: the mask is unchanged). ``pivotal: false`` = the authors'
+    ``w/o_credit`` ablation (``r3l_keep`` is then all ones).
+    """
+    keep = batch.features.get("r3l_keep")
+    if keep is None or not pivotal:
+        return batch
+    return batch.replace(mask=batch.mask * keep[:, : batch.mask.shape[1]].to(batch.mask))

@@ -1,4 +1,4 @@
-"""Step-level credit: steps, step scorers, and the methods that use them (PURE, CAPO, OPRL, InT).
+"""Step-level credit: steps, step scorers, and the methods that use them (PURE, CAPO, OPRL, InT, R³L).
 
 Half of the credit-assignment literature assigns credit to *reasoning steps* rather than tokens. This
 package holds their shared substrate, kept out of the trainer (which only wires two hooks):
@@ -10,6 +10,7 @@ package holds their shared substrate, kept out of the trainer (which only wires 
 - :mod:`crs.steps.pure`, :mod:`crs.steps.capo`, :mod:`crs.steps.oprl` — the methods' math (pure tensor
   functions, golden-tested); :mod:`crs.steps.methods` registers them as credit steps;
 - :mod:`crs.steps.intervention` — InT's intervention stage (a callback: SFT on prefix + fix, then RL);
+- :mod:`crs.steps.retry` — R³L's reflect-then-retry rollouts (first attempts, pivot, retries);
 - :mod:`crs.steps.hook` — the rollout-time hook; :mod:`crs.steps.localization` — where credit lands.
 
 Example::
