@@ -73,3 +73,11 @@ def test_interval_parsing_and_bounds():
         check_range("x", "abc", "[0, 1]")
     with pytest.raises(ValueError):
         Interval.parse("0..1")
+
+
+def test_step_methods_refuse_several_processes_before_any_model_loads(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="one process"):
+        validate(compose(["method=pure", "benchmark=bifurcation_easy"]))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    validate(compose(["method=pure", "benchmark=bifurcation_easy"]))

@@ -20,6 +20,7 @@ the step methods refuse to run rather than compute wrong group baselines.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -170,6 +171,12 @@ def validate_steps(cfg) -> None:
         return
     if not list(s.separators):
         raise ConfigError("method.steps.separators must name at least one separator")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun / crs on SLURM
+    if world > 1:
+        raise ConfigError(
+            f"step-level methods (pure, capo, oprl, int) run on one process for now (WORLD_SIZE={world}): "
+            "their scorers see only a process's own rows and OPRL's implicit PRM would drift apart per process"
+        )
     bench = cfg.benchmark.name
     needs_rule = s.scorer == "rule" or (s.scorer in ("prm", "judge") and not s[s.scorer].path)
     if needs_rule and bench not in PROCESS_VERIFIERS:
