@@ -51,6 +51,7 @@ from trl import GRPOTrainer
 from crs.credit import CreditBatch, CreditChain, fold_token_weights, rollout_features, tp_prefix_cut
 from crs.diagnostics import binned_sums, k3_kl
 from crs.rollout import build_decoder
+from crs.steps.hook import call_step_hook
 
 # TRL loss types whose normaliser is ``num_items_in_batch`` (a global token count)
 TOKEN_MEAN_LOSSES = ("dapo", "cispo", "vespo")
@@ -257,7 +258,7 @@ class CreditGRPOTrainer(GRPOTrainer):
                 feats[name] = value[sl].to(device)
                 out[f"crs_{name}"] = feats[name]
             if self.step_hook is not None:  # step scorers + per-token tensors (crs/steps/hook.py)
-                step_feats = self.step_hook(self, inputs, out, success[sl], group, rho, mode)
+                step_feats = call_step_hook(self.step_hook, self, inputs, out, success, group, rho, mode)
                 out.update({f"crs_{k}": v.to(device) for k, v in step_feats.items()})
             if self.retry is not None and mode == "train":  # R³L pivotal-credit mask (crs/steps/retry.py)
                 for k, v in self.retry.features(self, out["completion_mask"], success[sl], rho).items():

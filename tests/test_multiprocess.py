@@ -118,3 +118,92 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path, name):
     assert not torch.allclose(per_process, expected, rtol=1e-3, atol=1e-6), (
         "per-process pooling went unnoticed"
     )
+
+
+def _rollout(tok, group: int, n_groups: int):
+    """A hand-made rollout on the bifurcation task: per group, right and wrong first steps of mixed lengths."""
+    from crs.benchmarks import build_benchmark
+    from crs.cli import compose
+
+    bench = build_benchmark(compose(["benchmark=bifurcation_easy", "debug=fast"]).benchmark, 0)
+    rows, texts, success = [], [], []
+    for i in range(n_groups):
+        row = dict(bench.train[i])
+        a, op_b = row["prompt"].split("Q: ")[1].split("\n")[0], int(row["answer"])
+        for j in range(group):
+            wrong = j % 2 == 1
+            res = op_b + (1 + j) if wrong else op_b
+            texts.append(
+                f" {a}={res}." + (f" Answer: {res}" if j % 3 else "")
+            )  # some without the answer copy
+            rows.append(row)
+            success.append(not wrong)
+    enc_p = tok([r["prompt"] for r in rows], padding=True, padding_side="left", return_tensors="pt")
+    enc_c = tok(texts, padding=True, padding_side="right", return_tensors="pt", add_special_tokens=False)
+    out = {
+        "prompt_ids": enc_p["input_ids"],
+        "prompt_mask": enc_p["attention_mask"],
+        "completion_ids": enc_c["input_ids"],
+        "completion_mask": enc_c["attention_mask"],
+        "advantages": torch.linspace(-1, 1, len(rows)),
+    }
+    return rows, out, torch.tensor(success)
+
+
+@pytest.mark.parametrize("method", ["pure", "capo"])
+def test_step_hook_on_two_processes_equals_one(tiny_model_dir, tmp_path, method):
+    """Groups of 4 over 2 processes of 6 rows: the middle group spans both processes. The gathered hook
+    must give every process exactly its rows of the one-process result (PURE's leave-one-out baseline
+    and CAPO's group normalisation need whole groups). Planted bug: each process runs the hook on its own
+    rows only (the old behaviour) → the split group's tensors differ and the comparison below catches it."""
+    from helpers.mp_steps import local_rows
+
+    from crs.benchmarks import build_benchmark
+    from crs.cli import compose
+    from crs.credit import CreditChain
+    from crs.steps.hook import StepHook
+
+    overrides = [f"method={method}", "benchmark=bifurcation_easy", "debug=fast", "method.steps.scorer=rule"]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows, out, success = _rollout(tok, group=4, n_groups=3)
+    cfg = compose(overrides)
+    hook = StepHook(
+        CreditChain(cfg.method.credit), cfg.method.steps, build_benchmark(cfg.benchmark, 0), tok, None, None
+    )
+    expected = hook(None, rows, out, success, 4, 1.0, "train")
+    assert {f"{method}_adv", "decisive"} <= set(expected) or expected, expected.keys()
+
+    path = tmp_path / "rollout.pt"
+    torch.save({"out": out, "rows": rows, "success": success, "group": 4, "overrides": overrides}, path)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    r = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+            str(REPO / "tests" / "helpers" / "mp_steps.py"), tiny_model_dir, str(path), str(tmp_path / "feats"),
+        ],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    payload = {"out": out, "rows": rows}
+    differs = False
+    for rank in range(2):
+        got = torch.load(tmp_path / f"feats.{rank}.pt")
+        lrows, local = local_rows(payload, rank, 2)
+        sl = slice(rank * 6, (rank + 1) * 6)
+        T = local["completion_ids"].shape[1]
+        assert set(got) == set(expected)
+        for k, v in expected.items():
+            want = v[sl, :T] if v.dim() == 2 else v[sl]
+            torch.testing.assert_close(got[k].float(), want.float(), msg=f"{k} on rank {rank}")
+        # the planted bug: the hook on this process's rows only
+        try:
+            alone = hook(None, lrows, local, success[sl], 4, 1.0, "train")
+            differs |= any(not torch.allclose(alone[k].float(), got[k].float()) for k in got)
+        except RuntimeError:  # 6 rows do not even reshape into groups of 4
+            differs = True
+    assert differs, "a per-process hook would have passed: the rollout does not split a group"

@@ -75,9 +75,10 @@ def test_interval_parsing_and_bounds():
         Interval.parse("0..1")
 
 
-def test_step_methods_refuse_several_processes_before_any_model_loads(monkeypatch):
+def test_int_refuses_several_processes_before_any_model_loads(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="one process"):
-        validate(compose(["method=pure", "benchmark=bifurcation_easy"]))
+        validate(compose(["method=int"]))
+    validate(compose(["method=pure", "benchmark=bifurcation_easy"]))  # gathered on several processes
     monkeypatch.setenv("WORLD_SIZE", "1")
-    validate(compose(["method=pure", "benchmark=bifurcation_easy"]))
+    validate(compose(["method=int"]))

@@ -14,8 +14,10 @@ Work done here, only when needed:
 - a task with known decisive tokens (:mod:`crs.benchmarks.bifurcation`): the ``decisive`` ``[B,T]`` mask
   for the localization metrics (:mod:`crs.steps.localization`), for every method.
 
-Groups must be contiguous in the local batch (true on one process, TRL's layout); on several processes
-the step methods refuse to run rather than compute wrong group baselines.
+Groups must be whole and contiguous (TRL's layout). On several processes a group can span processes, so
+:func:`call_step_hook` gathers the rollout, runs the hook once on the main process (one scorer, one
+implicit PRM) and broadcasts the tensors, each process keeping its own rows. InT stays one-process: its
+SFT updates the policy in the hook, which DDP would not see on the other processes.
 """
 
 from __future__ import annotations
@@ -104,8 +106,6 @@ class StepHook:
             feats["decisive"] = self.decisive_mask(cid, cm, inputs)
         if not self.methods or mode != "train":
             return feats
-        if trainer is not None and trainer.accelerator.num_processes > 1:
-            raise RuntimeError("step-level methods (pure/capo/oprl) run on one process only for now")
         from crs.steps.methods import PRODUCERS
         from crs.steps.scorers import RolloutView
         from crs.steps.segment import segment_batch, step_texts
@@ -172,10 +172,10 @@ def validate_steps(cfg) -> None:
     if not list(s.separators):
         raise ConfigError("method.steps.separators must name at least one separator")
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun / crs on SLURM
-    if world > 1:
+    if world > 1 and any(p.step.name == "int" for p in chain.steps):
         raise ConfigError(
-            f"step-level methods (pure, capo, oprl, int) run on one process for now (WORLD_SIZE={world}): "
-            "their scorers see only a process's own rows and OPRL's implicit PRM would drift apart per process"
+            f"method int runs on one process for now (WORLD_SIZE={world}): its SFT on the interventions "
+            "updates the policy inside the rollout hook, which the other processes would not see"
         )
     bench = cfg.benchmark.name
     needs_rule = s.scorer == "rule" or (s.scorer in ("prm", "judge") and not s[s.scorer].path)
@@ -185,3 +185,43 @@ def validate_steps(cfg) -> None:
             f"{s.scorer}) for benchmark {bench!r}; known: {', '.join(sorted(PROCESS_VERIFIERS))}; "
             f"give method.steps.{s.scorer}.path for other tasks"
         )
+
+
+_GATHER_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
+
+
+def call_step_hook(
+    hook: StepHook, trainer, inputs, out: Mapping[str, Any], success: Tensor, group_size: int, rho, mode
+) -> dict[str, Tensor]:
+    """Run ``hook`` on the whole rollout and return this process's rows.
+
+    ``success`` is the gathered ``[N_global]`` outcome (TRL gathers rewards). On one process this is a plain
+    call. On several: gather the local tensors (prompts left-padded, completions right-padded to the widest
+    process) and the rows, call the hook on the main process only, broadcast its tensors, keep rows
+    ``[rank·B, (rank+1)·B)`` and the local width ``T``.
+    """
+    acc = trainer.accelerator
+    local_b, local_t = out["completion_ids"].shape
+    if acc.num_processes == 1:
+        return hook(trainer, inputs, out, success, group_size, rho, mode)
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    pad = getattr(hook.tokenizer, "pad_token_id", None) or 0
+    full: dict[str, Any] = {}
+    for k in _GATHER_KEYS + ("old_per_token_logps",):
+        t = out.get(k)
+        if t is None:
+            continue
+        if t.dim() == 2:
+            t = acc.pad_across_processes(
+                t, dim=1, pad_index=pad if k.endswith("_ids") else 0, pad_first=k.startswith("prompt")
+            )
+        full[k] = acc.gather(t.contiguous())
+    rows = gather_object(list(inputs))
+    feats = None
+    if acc.is_main_process:
+        feats = {k: v.cpu() for k, v in hook(trainer, rows, full, success, group_size, rho, mode).items()}
+    box = [feats]
+    broadcast_object_list(box)
+    sl = slice(acc.process_index * local_b, (acc.process_index + 1) * local_b)
+    return {k: (v[sl, :local_t] if v.dim() == 2 else v[sl]) for k, v in box[0].items()}
