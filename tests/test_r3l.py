@@ -5,7 +5,10 @@ Golden: the slot assignment on a hand-made batch, pivot positions, the splice, t
 attempt's prefix ⊕ regenerated tokens, with the guidance tokens only in the generation context; the
 prefix of both attempts is masked; prefix tokens contribute exactly zero gradient (old log-probs
 perturbed there leave the gradient unchanged, perturbed on the suffix they change it), and the loss
-equals TRL's own loss fed the masked batch and the amplified advantages by hand.
+equals TRL's own loss fed the masked batch and the amplified advantages by hand. Multi-turn (calc_tool,
+the default env policy; ``slow``: it is built on first use): a retry replays the first attempt's calls
+before the pivot turn in its own environment and starts with the first attempt's exact tokens; turns
+before the pivot get no loss and exactly zero gradient in both episodes.
 
     pytest tests/test_r3l.py
 """
@@ -73,8 +76,11 @@ def test_bad_config_is_one_clear_error(compose_cfg):
     from crs.config import validate
     from crs.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="multi-turn path"):
-        validate(compose_cfg("method=r3l", "benchmark=maze"))
+    validate(compose_cfg("method=r3l", "benchmark=maze"))  # multi-turn: the exact turn verifier reflects
+    with pytest.raises(ConfigError, match="use method.steps.scorer=rule"):
+        validate(compose_cfg("method=r3l", "benchmark=maze", "method.steps.scorer=judge"))
+    with pytest.raises(ConfigError, match="single-turn only"):
+        validate(compose_cfg("method=r3l", "benchmark=calc_tool", "method.credit.r3l.guidance=hint"))
     with pytest.raises(ConfigError, match="must name wrong steps"):
         validate(compose_cfg("method=r3l", "method.steps.scorer=implicit"))
     with pytest.raises(ConfigError, match="retry slots"):
@@ -231,3 +237,138 @@ def test_prefix_tokens_get_exactly_zero_gradient(rollout):
     )
     fed["advantages"] = r3l_amplify(cb).advantages
     torch.testing.assert_close(_grad(tr, inputs), _grad(tr, fed, plain=True), rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------- multi-turn (envs)
+
+
+def test_turn_verifiers_and_turn_layout_helpers():
+    from crs.envs.base import StepRecord
+    from crs.envs.maze import MazeConfig, MazeEnv
+    from crs.envs.retry import calc_first_wrong, maze_first_wrong, pivot_turn, prefix_messages, turn_start
+
+    env = MazeEnv(MazeConfig())
+    env.reset(task=3)
+    best = env.task.best_moves(env.task.start)[0]
+    nxt = env.task.step(env.task.start, best)
+    bad = next(d for d in ("up", "down", "left", "right") if d not in env.task.best_moves(nxt))
+    rec = [StepRecord("", "move", {"direction": d}, valid=True, reward=0.0) for d in (best, bad)]
+    assert maze_first_wrong(env, rec) == 1 and maze_first_wrong(env, rec[:1]) == 1
+    calc = type("E", (), {"gold_calls": [{"name": "add", "arguments": {"a": 7, "b": 5}}]})()
+    ok = StepRecord("", "add", {"a": 7, "b": 5}, valid=True, reward=0.0)
+    assert calc_first_wrong(calc, [ok]) == 1 and calc_first_wrong(calc, [ok, ok]) == 1
+    assert calc_first_wrong(calc, [StepRecord("", "add", {"a": 7, "b": 4}, valid=True, reward=0.0)]) == 0
+    # call 1 wrong -> its turn; all calls right -> the turn after the last call
+    assert pivot_turn(1, [0, 1, 1]) == 1 and pivot_turn(3, [0, 1, 1]) == 2 and pivot_turn(0, []) == 0
+    assert turn_start([1, 1, 0, 0, 1, 1, 0, 1], 1) == 4 and turn_start([1, 0, 1], 2) == -1
+    msgs = [
+        {"role": "assistant"},
+        {"role": "tool"},
+        {"role": "assistant"},
+        {"role": "tool"},
+        {"role": "assistant"},
+    ]
+    assert prefix_messages(msgs, 2) == msgs[:4] and prefix_messages(msgs, 0) == []
+
+
+@pytest.fixture(scope="module")
+def calc_policy(tmp_path_factory):
+    """The default calc_tool policy (``conf/benchmark/calc_tool.yaml``: it makes real, partly right tool
+    calls; the 40-step test policy of tests/test_envs.py writes no parsable call). Content-addressed and
+    cached; building it takes minutes on a busy CPU, hence the ``slow`` mark of its tests."""
+    import os
+    from pathlib import Path
+
+    from crs.envs import default_bench_cfg
+    from crs.envs.policy import ensure_env_policy
+
+    cfg = default_bench_cfg("calc_tool")
+    cache = Path(os.environ.get("CRS_CACHE_DIR") or tmp_path_factory.mktemp("envcache"))
+    return ensure_env_policy(cfg["policy"], cfg, cache, show_progress=False), cfg
+
+
+def second_call_wrong(env, steps):
+    """A hand-made turn reflector: call 2 is the first wrong one (so retries replay a non-empty prefix)."""
+    return 1 if len(steps) >= 2 else len(steps)
+
+
+@pytest.fixture(scope="module")
+def env_rollout(calc_policy, tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crs.envs import retry as env_retry
+    from crs.envs.chat import ensure_response_template
+
+    path, cfg = calc_policy
+    bench = build_benchmark(cfg, 0)
+    tok = ensure_response_template(AutoTokenizer.from_pretrained(path))
+    tok.padding_side = "left"
+    chain = CreditChain({"r3l": {}, "r3l_amplify": {}})
+    retry = R3LRetry(chain, {}, bench, tok)
+    tr = CreditGRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path),
+        reward_funcs=[varied_reward],
+        args=cpu_grpo_config(
+            tmp_path_factory.mktemp("r3l-env"), max_completion_length=128, max_tool_calling_iterations=6
+        ),
+        train_dataset=bench.train,
+        processing_class=tok,
+        credit=chain,
+        schedule=lambda p: 1.0,
+        environment_factory=bench.info["environment_factory"],
+        retry=retry,
+    )
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    saved = env_retry.TURN_VERIFIERS["calc_tool"]
+    env_retry.TURN_VERIFIERS["calc_tool"] = second_call_wrong
+    try:
+        torch.manual_seed(0)
+        tr._crs_rho = 1.0
+        out = tr._generate_and_score_completions(next(iter(tr.get_train_dataloader())))
+    finally:
+        env_retry.TURN_VERIFIERS["calc_tool"] = saved
+    return tr, retry, out
+
+
+@pytest.mark.slow
+def test_env_retry_replays_prefix_and_masks_both_episodes(env_rollout):
+    tr, retry, out = env_rollout
+    last = retry.last
+    src, k_of, start = last["source"], last["pivot_step"], last["pivot_token"]
+    retries = (src >= 0).nonzero().flatten().tolist()
+    assert retries and any(last["replayed"][b] > 0 for b in retries), "the fixture must replay a call"
+    cm, keep = out["completion_mask"].float(), out["crs_r3l_keep"]
+    for b in retries:
+        s, k, p = int(src[b]), int(k_of[int(src[b])]), int(start[int(src[b])])
+        # the retry = the first attempt's exact tokens up to turn k (assistant and tool results), then new ones
+        assert out["completion_ids"][b, :p].tolist() == out["completion_ids"][s, :p].tolist()
+        assert out["tool_mask"][b, :p].tolist() == out["tool_mask"][s, :p].tolist()
+        # the first attempt's calls of turns < k were replayed in the retry's own environment, in order
+        n = last["replayed"][b]
+        assert [(r.name, r.args) for r in tr.environments[b].steps[:n]] == [
+            (r.name, r.args) for r in tr.environments[s].steps[:n]
+        ]
+        # pivotal credit: turns < k of both episodes get no loss, turns >= k keep theirs
+        for row in (b, s):
+            ti = out["crs_turn_index"][row]  # turns of TRL's own loss mask (before the pivotal mask)
+            assert keep[row][(ti >= 0) & (ti < k)].sum() == 0 and keep[row, :p].sum() == 0
+            assert keep[row][ti >= k].eq(1).all()
+    torch.testing.assert_close(out["tool_mask"].float(), cm * keep * (out["tool_mask"] > 0).float())
+
+
+@pytest.mark.slow
+def test_env_prefix_turns_get_exactly_zero_gradient(env_rollout):
+    tr, retry, out = env_rollout
+    src, start = retry.last["source"], retry.last["pivot_token"]
+    inputs = dict(out)
+    inputs["old_per_token_logps"] = torch.full(out["completion_ids"].shape, -2.0)
+    base = _grad(tr, inputs)
+    prefix = torch.zeros_like(inputs["old_per_token_logps"], dtype=torch.bool)
+    for b in (src >= 0).nonzero().flatten().tolist():
+        p = int(start[int(src[b])])
+        prefix[b, :p] = prefix[int(src[b]), :p] = True
+    assert prefix.any()
+    moved = dict(inputs)
+    moved["old_per_token_logps"] = torch.where(prefix, torch.tensor(-0.3), inputs["old_per_token_logps"])
+    torch.testing.assert_close(_grad(tr, moved), base, rtol=0, atol=0)

@@ -1,7 +1,8 @@
 """Fails loudly when a TRL upgrade changes the private methods crs's one subclass relies on.
 
 crs overrides ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss``,
-``_get_per_token_logps_and_entropies`` and (``trainer.generation=static``) ``_generate_single_turn`` and depends on the order of operations inside ``_compute_loss``.
+``_get_per_token_logps_and_entropies``, (``trainer.generation=static``, R³L) ``_generate_single_turn`` and
+(R³L on environments) ``_generate``, and depends on the order of operations inside ``_compute_loss``.
 If this file fails after upgrading trl, re-read crs/trainer.py against the new grpo_trainer.py
 before relaxing anything here.
 
@@ -112,3 +113,38 @@ def test_single_turn_generation_contract():
     from transformers import GenerationMixin
 
     assert "input_ids_seq_length" in _params(GenerationMixin._get_logits_processor)
+
+
+def test_r3l_retry_generation_contract():
+    """R³L (crs/steps/retry.py, crs/envs/retry.py) wraps ``_generate`` and re-enters TRL's tool loop for
+    retries: ``_generate``'s 8-tuple, ``_tool_call_loop``'s arguments and results, and the per-rollout
+    tool state (``_sync_tool_dicts``/``_async_tool_dicts`` indexed by batch position, ``_env_tools``,
+    ``_batch_environments``) it swaps and reads."""
+    assert _params(GRPOTrainer._generate) == ["self", "prompts"]
+    src = inspect.getsource(GRPOTrainer._generate)
+    assert (
+        "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
+        in src
+    )
+    assert "completion_ids, logprobs = self._generate_single_turn(" in src
+    assert "parse_response(self._tokenizer, ids, prefix=prompt_ids[i], tools=per_prompt_tools[i])" in src
+    assert "per_prompt_tools = [self._env_tools[name] for name in self._batch_environments]" in src
+    assert _params(GRPOTrainer._tool_call_loop) == [
+        "self",
+        "prompts",
+        "prompt_ids",
+        "completion_ids",
+        "completions",
+        "logprobs",
+        "images",
+        "multimodal_fields",
+    ]
+    loop = inspect.getsource(GRPOTrainer._tool_call_loop)
+    assert "sync_tool_dict = self._sync_tool_dicts[idx_with_tool]" in loop
+    assert "async_tool_dict = self._async_tool_dicts[idx_with_tool]" in loop
+    gen = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert ") = self._generate(prompts)" in gen
+    assert (
+        'reset_kwargs = {k: v for k, v in x.items() if k != "environment"} if self._multi_environment else x'
+        in gen
+    )

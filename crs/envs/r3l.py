@@ -10,15 +10,16 @@ analogue (a token position instead of a turn). Positive amplification is the exi
 ``r3l_amplify`` step.
 
 The ``r3l`` credit step (mask phase) multiplies the rollout's ``r3l_keep`` ``[B,T]`` tensor into the
-loss mask; the reflect-then-retry *generation* that produces it is :mod:`crs.steps.retry` (single-turn:
-the embedded arithmetic and bifurcation tasks)::
+loss mask; the reflect-then-retry *generation* that produces it is :mod:`crs.steps.retry` (single-turn,
+the embedded arithmetic and bifurcation tasks: :func:`pivot_token_mask`) and :mod:`crs.envs.retry`
+(multi-turn, maze / calc_tool: the first attempt's actions before the pivot turn replayed in a fresh
+environment; :func:`pivot_suffix_mask`)::
 
     crs train method=r3l
+    crs train method=r3l benchmark=calc_tool
 
-Not implemented yet: the multi-turn generation (maze / calc_tool: pivot = turn index, replay of the
-first attempt's first ``pivot`` actions in a re-created environment, regeneration of the rest — the
-mask for it, :func:`pivot_suffix_mask`, is here); the step-level variant's asymmetric mask (base steps
-< pivot kept).
+Not implemented: the step-level variant's asymmetric mask (base steps < pivot kept, one experience per
+step) — TRL keeps an episode in one sequence.
 """
 
 from __future__ import annotations

@@ -40,9 +40,9 @@ crs's port, run at rollout time inside TRL's ``_generate_single_turn`` (wired by
    authors' ``w/o_credit`` ablation).
 
 Not ported: the authors' SFT-like extras — the reflection generation itself (reward 1, singleton group)
-and the *guided* retry on improvement — since crs's reflector is not the policy; the multi-turn path
-(maze / calc_tool: pivot = turn index, replay the first ``pivot`` actions in a fresh environment; the
-mask :func:`crs.envs.r3l.pivot_suffix_mask` exists) — ``method=r3l`` refuses environment benchmarks.
+and the *guided* retry on improvement — since crs's reflector is not the policy. The multi-turn path
+(``benchmark=maze`` / ``calc_tool``: pivot = a turn, the prefix's actions replayed in the slot's own
+environment) is :mod:`crs.envs.retry`, which reuses this module's slot rule, verifier call and record.
 
 Logged (``r3l/*``): ``first_success`` (first attempts), ``retry_rate`` (retries / failed first attempts),
 ``retry_success`` (verifier success of retries), ``pivot_step`` (mean pivot, 0-based step),
@@ -157,6 +157,7 @@ class R3LRetry:
     """
 
     def __init__(self, chain, steps_cfg, benchmark, tokenizer, policy_path=None, cache_dir=None, scorer=None):
+        from crs.envs import is_env_benchmark
         from crs.steps.rule import PROCESS_VERIFIERS
         from crs.steps.scorers import build_scorer
         from crs.steps.segment import separator_token_ids
@@ -164,11 +165,15 @@ class R3LRetry:
         self.chain = chain
         self.tokenizer = tokenizer
         self.benchmark = benchmark
+        self.last: dict[str, Any] = {}
+        self.multi_turn = is_env_benchmark(benchmark.name)
+        self.scorer, self.check_rule = scorer, False
+        if self.multi_turn:  # turns are reflected on by crs.envs.retry.TURN_VERIFIERS
+            return
         self.sep_ids = separator_token_ids(tokenizer, list(steps_cfg.get("separators") or [",", "."]))
         task = (getattr(benchmark, "info", None) or {}).get("config")
         self.scorer = scorer or build_scorer(steps_cfg, benchmark.name, cache_dir, policy_path, task)
         self.check_rule = self.scorer.name != "rule" and benchmark.name in PROCESS_VERIFIERS
-        self.last: dict[str, Any] = {}
 
     @staticmethod
     def wanted(chain) -> bool:
@@ -178,7 +183,7 @@ class R3LRetry:
         return next(a for p, a in self.chain.args_at(rho) if p.step.name == "r3l")
 
     @staticmethod
-    def _rewards(trainer, rows, texts, ids) -> list[float]:
+    def _rewards(trainer, rows, texts, ids, **extra: Any) -> list[float]:
         """The trainer's first reward function (the verifier, as for ``success``) on the first attempts."""
         verifier = trainer.reward_funcs[0]
         if isinstance(verifier, torch.nn.Module):
@@ -186,7 +191,7 @@ class R3LRetry:
                 "r3l needs a function verifier as the first reward function, not a reward model"
             )
         keys = [k for k in rows[0] if k not in ("prompt", "completion", "completion_ids")] if rows else []
-        kw = {k: [r.get(k) for r in rows] for k in keys}
+        kw = {k: [r.get(k) for r in rows] for k in keys} | extra
         out = verifier(prompts=[r.get("prompt") for r in rows], completions=texts, completion_ids=ids, **kw)
         return [float("nan") if v is None else float(v) for v in out]
 
@@ -292,6 +297,7 @@ class R3LRetry:
             "source": source,
             "pivot_pos": pivot_rows(source, first_pos),
             "pivot_step": pivot_step,
+            "pivot_token": first_pos,
             "first_failed": int(failed_f.sum()),
             "first_success": float((~failed_f).float().mean()) if len(first) else float("nan"),
             "contexts": dict(zip(slots, ctx)),
@@ -313,14 +319,16 @@ class R3LRetry:
             out.append(float(int(pivot_step[s]) == true_k))
         return out
 
-    def features(self, trainer, completion_mask: Tensor, success: Tensor, rho: float) -> dict[str, Tensor]:
+    def features(self, trainer, out: Mapping[str, Tensor], success: Tensor, rho: float) -> dict[str, Tensor]:
         """``{"r3l_keep": [B,T]}`` (1 on trainable tokens; all ones with ``pivotal: false``) and the logs.
 
         Args:
-            completion_mask: ``[B,T]`` TRL's completion mask of this rollout (rows in generation order).
+            out: TRL's rollout dict (``completion_mask``, ``tool_mask``; rows in generation order).
             success: ``[B]`` bool verifier verdicts of the final rows.
         """
-        from crs.envs.r3l import pivot_token_mask
+        from crs.envs.r3l import pivot_suffix_mask, pivot_token_mask
+
+        completion_mask = out["completion_mask"]
 
         last = self.last  # this rollout's record (kept for inspection until the next rollout)
         if not last:
@@ -328,9 +336,12 @@ class R3LRetry:
         src, pos = last["source"], last["pivot_pos"]
         if not self.args(rho)["pivotal"]:
             pos = torch.zeros_like(pos)
-        keep = pivot_token_mask(
-            torch.ones_like(completion_mask, dtype=torch.float32), pos.to(completion_mask.device)
-        )
+        pos = pos.to(completion_mask.device)
+        if last.get("kind") == "turn":  # multi-turn: pos = pivot turn (crs/envs/retry.py)
+            loss = completion_mask.float() * out.get("tool_mask", torch.ones_like(completion_mask)).float()
+            keep = pivot_suffix_mask(loss, pos)
+        else:
+            keep = pivot_token_mask(torch.ones_like(completion_mask, dtype=torch.float32), pos)
         if trainer is not None:
             m = trainer._metrics["train"]
             retries = src >= 0
@@ -338,12 +349,12 @@ class R3LRetry:
             m["r3l/first_success"].append(last["first_success"])
             m["r3l/retry_rate"].append(n / last["first_failed"] if last["first_failed"] else 0.0)
             m["r3l/slot_fill"].append(n / last["slots"] if last["slots"] else 0.0)
-            for key, v in self.scorer.metrics.items():
+            for key, v in (self.scorer.metrics if self.scorer is not None else {}).items():
                 m[key].append(float(v))
             if n:
                 m["r3l/retry_success"].append(float(success.cpu()[retries].float().mean()))
                 m["r3l/pivot_step"].append(float(last["pivot_step"][src[retries]].float().mean()))
-                m["r3l/pivot_token"].append(float(last["pivot_pos"][retries].float().mean()))
+                m["r3l/pivot_token"].append(float(last["pivot_token"][src[retries]].float().mean()))
             if last["rule_match"]:
                 m["r3l/pivot_is_rule"].append(sum(last["rule_match"]) / len(last["rule_match"]))
         return {"r3l_keep": keep}
@@ -362,10 +373,21 @@ def validate_r3l(cfg) -> None:
     a = next(p.args for p in chain.steps if p.step.name == "r3l")
     bench, s = cfg.benchmark.name, cfg.method.steps
     if is_env_benchmark(bench):
-        raise ConfigError(
-            f"method r3l: the multi-turn path (benchmark={bench}) is not implemented yet; "
-            "use a single-turn benchmark (arithmetic, bifurcation)"
-        )
+        from crs.envs.retry import TURN_VERIFIERS
+
+        if bench not in TURN_VERIFIERS:
+            raise ConfigError(
+                f"method r3l: no turn verifier for benchmark {bench!r} (known: {', '.join(TURN_VERIFIERS)})"
+            )
+        if s.scorer != "rule":
+            raise ConfigError(
+                f"method r3l on {bench}: turns are reflected on by the exact turn verifier; use method.steps.scorer=rule"
+            )
+        if a.get("guidance") is not None:
+            raise ConfigError(
+                f"method r3l on {bench}: credit.r3l.guidance is single-turn only (set it to null)"
+            )
+        return
     if s.scorer not in SCORERS:
         raise ConfigError(
             f"method r3l: method.steps.scorer must name wrong steps: one of {', '.join(SCORERS)} (got {s.scorer!r})"
