@@ -72,7 +72,7 @@ def test_mask_step_zeroes_prefix_of_both_rows():
     assert chain.mask_phase(CreditBatch(torch.zeros(3), mask, features={}), 1.0).eq(1).all()
 
 
-def test_bad_config_is_one_clear_error(compose_cfg):
+def test_bad_config_is_one_clear_error(compose_cfg, monkeypatch):
     from crs.config import validate
     from crs.errors import ConfigError
 
@@ -85,6 +85,9 @@ def test_bad_config_is_one_clear_error(compose_cfg):
         validate(compose_cfg("method=r3l", "method.steps.scorer=implicit"))
     with pytest.raises(ConfigError, match="retry slots"):
         validate(compose_cfg("method=r3l", "method.credit.r3l.retry_share=0.1", "trainer.num_generations=4"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="one process"):
+        validate(compose_cfg("method=r3l"))
 
 
 # ----------------------------------------------------------------------------------------------- trainer

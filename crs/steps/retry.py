@@ -56,6 +56,7 @@ verifier's first wrong step; only when the scorer is not ``rule``), ``slot_fill`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -372,6 +373,12 @@ def validate_r3l(cfg) -> None:
 
     a = next(p.args for p in chain.steps if p.step.name == "r3l")
     bench, s = cfg.benchmark.name, cfg.method.steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun / crs on SLURM
+    if world > 1:
+        raise ConfigError(
+            f"method r3l runs on one process for now (WORLD_SIZE={world}): a retry slot must see its group's "
+            "first attempts, which TRL may place on another process"
+        )
     if is_env_benchmark(bench):
         from crs.envs.retry import TURN_VERIFIERS
 
