@@ -249,7 +249,24 @@ class R3LRetry:
         texts = self.tokenizer.batch_decode(c1, skip_special_tokens=True)
         r1 = torch.tensor(self._rewards(trainer, frows, texts, c1))
         failed_f = ~(r1 >= 1.0)  # reward below full (NaN = no verdict counts as a failure)
-        k_f, pos_f, steps_f = self._reflect([prompt_ids[b] for b in first], c1, frows, ~failed_f, G - R)
+        # reflect on the failed first attempts only (a judge's critiques cost a generation each)
+        k_f, pos_f = (
+            torch.full((len(first),), -1, dtype=torch.long),
+            torch.zeros(len(first), dtype=torch.long),
+        )
+        steps_f: list[list[str]] = [[] for _ in first]
+        fail_i = failed_f.nonzero().flatten().tolist()
+        if fail_i:
+            k, pos, texts_f = self._reflect(
+                [prompt_ids[first[i]] for i in fail_i],
+                [c1[i] for i in fail_i],
+                [frows[i] for i in fail_i],
+                torch.zeros(len(fail_i), dtype=torch.bool),
+                1,  # the failed rows are not whole groups (rule/prm/judge do not read group_size)
+            )
+            k_f[fail_i], pos_f[fail_i] = k.long(), pos.long()
+            for i, t in zip(fail_i, texts_f):
+                steps_f[i] = t
         g = torch.Generator().manual_seed(int(trainer.state.global_step) if trainer is not None else 0)
         drawn = torch.rand(len(first), generator=g) < float(a["rate"])
         idx = torch.tensor(first, dtype=torch.long)
