@@ -31,10 +31,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from crs.assemble import _sample_steps, grpo_args, load_model, resolve_model_path, set_threads
 from crs.config import register_configs, validate
 from crs.errors import ConfigError
 from crs.runs import signals
 from crs.runs.signals import JobKilled  # noqa: F401  (re-exported)
+from crs.summary import _heatmap_histories, save_partial, summarize
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -95,25 +97,6 @@ def _hydra_context() -> dict[str, Any]:
     return ctx
 
 
-def set_threads(cfg: DictConfig, ctx: dict[str, Any]) -> int:
-    """One job per core at most: threads = cores / concurrent jobs unless trainer.num_threads says."""
-    import torch
-
-    n = cfg.trainer.num_threads
-    if n is None:
-        cores = os.cpu_count() or 1
-        if os.environ.get("SLURM_CPUS_PER_TASK"):
-            n = int(os.environ["SLURM_CPUS_PER_TASK"])
-        elif ctx.get("multirun") and "Joblib" in str(ctx.get("launcher", {}).get("_target_", "")):
-            jobs = int(ctx["launcher"].get("n_jobs") or -1)
-            jobs = cores if jobs < 1 else jobs
-            n = max(1, cores // jobs)
-        else:
-            n = cores
-    torch.set_num_threads(max(1, int(n)))
-    return int(n)
-
-
 def _run_name(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -> str:
     from crs.naming import run_name
 
@@ -160,199 +143,6 @@ def _sweep_tags(ctx: dict[str, Any], parent: dict[str, Any] | None) -> dict[str,
         if key in swept:
             tags[f"sweep.{key}"] = value
     return tags
-
-
-def resolve_model_path(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
-    """``model.name_or_path`` as given, or the embedded model (built and cached on first use)."""
-    if cfg.model.name_or_path:
-        return str(cfg.model.name_or_path), None
-    from crs.envs import is_env_benchmark
-
-    if is_env_benchmark(cfg.benchmark.name):  # multi-turn environments build their own warm-started policy
-        from crs.envs.policy import ensure_env_policy
-
-        bench_cfg = OmegaConf.to_container(cfg.benchmark, resolve=True)
-        path = ensure_env_policy(bench_cfg.get("policy"), bench_cfg, Path(cfg.paths.cache_dir))
-        report = path / "crs_pretrain.json"
-        return str(path), (json.loads(report.read_text()) if report.exists() else None)
-    from crs.embedded import EmbeddedModelConfig, cache_key, ensure_embedded_model
-    from crs.progress import console
-
-    mcfg = EmbeddedModelConfig(**OmegaConf.to_container(cfg.model.embedded, resolve=True))
-    cache_dir = Path(cfg.paths.cache_dir)
-    if not (cache_dir / f"embedded-{cache_key(mcfg, cfg.benchmark)}").exists():
-        console.print(
-            f"crs: building the embedded model once (tokenizer + toy Qwen2 + SFT warm-start, "
-            f"{mcfg.sft_steps} steps); cached in {cache_dir}"
-        )
-    path = ensure_embedded_model(mcfg, cfg.benchmark, cache_dir)
-    report = path / "crs_pretrain.json"
-    return str(path), (json.loads(report.read_text()) if report.exists() else None)
-
-
-def load_model(cfg: DictConfig, path: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        cfg.model.dtype
-    ]
-    if dtype == "auto" and not torch.cuda.is_available():
-        dtype = torch.float32
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-    tok.padding_side = "left"
-    from crs.envs.chat import ensure_response_template
-
-    ensure_response_template(tok)  # crs's tool-calling chat format (environment policies)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
-    )
-    return model, tok
-
-
-# crs loss names that TRL spells differently
-TRL_LOSS = {"token_mean": "dapo", "opmd": "cispo"}
-
-
-def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
-    """The GRPOConfig for this job (every knob comes from cfg.trainer; ``n_params`` sizes ``precision: auto``)."""
-    import torch
-    from trl import GRPOConfig
-
-    from crs.precision import resolve_precision
-    from crs.rollout import grpo_generation_kwargs
-
-    t = cfg.trainer
-    cuda = torch.cuda.is_available() and t.device != "cpu"
-    if t.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is visible")
-    precision = resolve_precision(t.precision, cuda, n_params, cuda and torch.cuda.is_bf16_supported())
-    n_eval = t.num_generations_eval
-    eval_prompts_per_batch = max(1, min(16, t.eval_prompts))
-    kwargs = dict(
-        output_dir=str(output_dir / "checkpoints"),
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=n_eval * eval_prompts_per_batch,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        steps_per_generation=t.steps_per_generation,
-        num_iterations=t.num_iterations,
-        learning_rate=t.lr,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=int(t.warmup_steps)
-        if t.warmup_steps >= 1
-        else t.warmup_steps,  # < 1: fraction of max_steps
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        beta=t.beta,
-        epsilon=t.epsilon,
-        epsilon_high=1.0 if t.loss_type == "opmd" else t.epsilon_high,
-        # token_mean is TRL's dapo normaliser made exact by the trainer; opmd is cispo with the ratio
-        # fixed at 1 (the trainer drops the old log-probs), so ε_high only has to be >= 1
-        loss_type=TRL_LOSS.get(t.loss_type, t.loss_type),
-        scale_rewards=t.scale_rewards,
-        importance_sampling_level=t.importance_sampling_level,
-        mask_truncated_completions=t.mask_truncated_completions,
-        temperature=t.temperature,
-        top_p=t.top_p,
-        max_completion_length=t.max_completion_length,
-        num_generations=t.num_generations,
-        num_generations_eval=n_eval,
-        logging_steps=1,
-        logging_nan_inf_filter=False,  # a NaN loss is shown as NaN, not replaced by the running mean
-        # resumable checkpoints into <run home>/checkpoints (crs/runs/checkpoint.py publishes and prunes)
-        save_strategy="steps" if cfg.runs.checkpoint_every > 0 else "no",
-        save_steps=_checkpoint_steps(cfg) or None,
-        report_to="none",
-        disable_tqdm=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=not cuda,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
-        eval_strategy="steps" if t.eval_steps > 0 else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
-        dataloader_num_workers=0,
-    )
-    kwargs.update(grpo_generation_kwargs(t.generation, t.vllm_mode))
-    kwargs.update(OmegaConf.to_container(t.extra, resolve=True))
-    return GRPOConfig(**kwargs)
-
-
-def _checkpoint_steps(cfg: DictConfig) -> int:
-    """``runs.checkpoint_every`` rounded up to whole rollouts: TRL reuses one rollout for
-    steps_per_generation × num_iterations micro-steps, and a resumed trainer starts a fresh rollout, so a
-    checkpoint inside a rollout's window would change the data after the resume."""
-    every = int(cfg.runs.checkpoint_every)
-    if every <= 0:
-        return 0
-    t = cfg.trainer
-    micro = (t.steps_per_generation or t.gradient_accumulation_steps) * t.num_iterations
-    per_rollout = max(1, micro // t.gradient_accumulation_steps)
-    return -(-every // per_rollout) * per_rollout
-
-
-def _sample_steps(max_steps: int, n: int) -> list[int]:
-    if n <= 0:
-        return []
-    if n == 1:
-        return [0]
-    return sorted({round(i * (max_steps - 1) / (n - 1)) for i in range(n)})
-
-
-def summarize(log_history: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    """Numbers a researcher reads first, from the trainer's per-step logs (no hard-coded values)."""
-    # every optimizer step logs "loss"; rollout metrics (reward, accuracy) only on steps that generated
-    train = [h for h in log_history if "loss" in h and "step" in h]
-    evals = [h for h in log_history if "eval_accuracy" in h]
-    out: dict[str, Any] = {"steps": max((h["step"] for h in train), default=0), "wall_time_s": wall}
-
-    def window(key: str, first: bool) -> float | None:
-        vals = [h[key] for h in train if h.get(key) is not None]
-        if not vals:
-            return None
-        k = max(1, len(vals) // 10)
-        part = vals[:k] if first else vals[-k:]
-        return sum(part) / len(part)
-
-    for key, name in (("accuracy", "train_accuracy"), ("reward", "reward")):
-        out[f"{name}_first10"] = window(key, True)
-        out[f"{name}_last10"] = window(key, False)
-    acc = [(h["step"], h["accuracy"]) for h in train if h.get("accuracy") is not None]
-    if acc:
-        best = max(acc, key=lambda x: x[1])
-        out["train_accuracy_best"], out["train_accuracy_best_step"] = best[1], best[0]
-    ent = [h["entropy/all"] for h in train if h.get("entropy/all") is not None]
-    if ent:
-        out["entropy_first"], out["entropy_last"] = ent[0], ent[-1]
-    if evals:
-        start = [e for e in evals if e.get("step") == 0]
-        out["eval_accuracy_start"] = start[0]["eval_accuracy"] if start else None
-        out["eval_accuracy_end"] = evals[-1]["eval_accuracy"]
-        out["eval_accuracy_best"] = max(e["eval_accuracy"] for e in evals)
-    first, last = out.get("reward_first10"), out.get("reward_last10")
-    if first is not None and last is not None:
-        out["verdict"] = (
-            f"mean reward rose {first:.3f} → {last:.3f}"
-            if last > first
-            else f"mean reward did NOT rise ({first:.3f} → {last:.3f})"
-        )
-    return out
-
-
-def _heatmap_histories(log_history: list[dict[str, Any]], bins: int) -> dict[str, dict[int, list[float]]]:
-    out: dict[str, dict[int, list[float]]] = {"entropy": {}, "kl": {}}
-    for h in log_history:
-        for fam in out:
-            vals = [h.get(f"diag/{fam}_bin_{i}") for i in range(bins)]
-            if all(v is not None for v in vals):
-                out[fam][h["step"]] = vals
-    return out
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -617,7 +407,7 @@ def _train(
             resume_from_checkpoint=str(plan.checkpoint) if plan is not None and plan.resuming else None
         )
     except BaseException as err:
-        _save_partial(trainer, tracker, output_dir, start_eval, t0, err)
+        save_partial(trainer, tracker, output_dir, start_eval, t0, err)
         raise
     if cfg.trainer.eval_steps == 0 or cfg.trainer.max_steps % cfg.trainer.eval_steps:
         trainer.evaluate()  # the final evaluation, unless the periodic one already landed on the last step
@@ -660,31 +450,6 @@ def _train(
     del trainer, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return summary
-
-
-def _save_partial(trainer, tracker, output_dir: Path, start_eval, t0: float, err: BaseException) -> None:
-    """A run cut short (signal, NaN, crash) still leaves its samples and a partial summary, locally and in
-    MLflow; best effort, never masks the original error."""
-    try:
-        history = ([start_eval] if start_eval else []) + list(trainer.state.log_history)
-        summary = summarize(history, time.time() - t0)
-        summary.update(
-            {
-                "incomplete": True,
-                "stopped_at_step": trainer.state.global_step,
-                "reason": f"{type(err).__name__}: {err}",
-                "mlflow_run_id": tracker.run_id,
-                "output_dir": str(output_dir),
-            }
-        )
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if trainer.samples:
-            (output_dir / "samples.json").write_text(json.dumps(trainer.samples, indent=2, default=str))
-        tracker.log_dict(summary, "summary.json")
-        if trainer.samples:
-            tracker.log_dict(trainer.samples, "samples/rollouts.json")
-    except BaseException:
-        pass
 
 
 def _inject_failure(step: int):
