@@ -239,3 +239,47 @@ def test_trl_contract_for_the_environment_path():
     assert "self.environments" in gen and 'output["tool_mask"]' in gen
     loop = inspect.getsource(GRPOTrainer._tool_call_loop)
     assert "tool_mask[idx_with_tool] += [0] * tool_length + [1] * post_tool_length" in loop
+
+
+def test_segment_turns_golden():
+    """Turns as OPRL steps: runs of the loss mask; tool-result tokens and padding belong to no step."""
+    from crs.steps.segment import segment_turns
+
+    cm = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
+    tm = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]])
+    st = segment_turns(cm, cm * tm)
+    assert st.step_id.tolist() == [[0, 0, -1, -1, 1, -1, 2, -1], [0, 0, 0, -1, -1, -1, -1, -1]]
+    assert st.ends.tolist() == [[1, 4, 6], [2, -1, -1]]
+    assert st.n_content.tolist() == [[1, 0, 0], [2, 0, 0]]
+    assert st.valid.tolist() == [[True, True, True], [True, False, False]]
+    assert st.sum_over_steps(torch.ones(2, 8)).tolist() == [[2, 1, 1], [3, 0, 0]]
+
+
+def test_oprl_per_turn_steps_are_the_episode_turns(calc_policy, tmp_path):
+    """OPRL on an environment: the step hook segments by turns (iStar's unit), so the steps per completion
+    equal the turns per episode and the step advantage is 0 on tool-result tokens and constant within a turn.
+    Mutation tried: segmenting by the separators instead of turns → steps/per_completion ≠ turns, fails."""
+    from crs.cli import compose
+    from crs.steps.hook import StepHook
+
+    path, cfg = calc_policy
+    scfg = compose(["method=oprl", "benchmark=calc_tool"]).method.steps
+    tr = _trainer(path, cfg, {"oprl": {"w": 1.0}}, tmp_path)
+    from transformers import AutoTokenizer
+
+    hook = StepHook(tr.credit, scfg, build_benchmark(cfg, 0), AutoTokenizer.from_pretrained(path), path, None)
+    tr.step_hook = hook
+    inputs = _rollout(tr)
+    cm, tm = inputs["completion_mask"].float(), inputs["tool_mask"].float()
+    assert (tm == 0).any(), "the policy should have called a tool at least once"
+    m = tr._metrics["train"]
+    turns = (inputs["crs_turn_index"].max(-1).values + 1).float().mean()
+    assert abs(m["steps/per_completion"][-1] - float(turns)) < 1e-6
+    adv = inputs["crs_oprl_step_adv"]
+    assert (adv[(cm * tm) == 0] == 0).all()
+    ti = inputs["crs_turn_index"]
+    for b in range(adv.shape[0]):
+        for k in ti[b].unique().tolist():
+            if k >= 0:
+                assert torch.unique(adv[b][ti[b] == k]).numel() == 1
+    assert "implicit/pairs" in m

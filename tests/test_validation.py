@@ -82,3 +82,9 @@ def test_int_refuses_several_processes_before_any_model_loads(monkeypatch):
     validate(compose(["method=pure", "benchmark=bifurcation_easy"]))  # gathered on several processes
     monkeypatch.setenv("WORLD_SIZE", "1")
     validate(compose(["method=int"]))
+
+
+def test_step_methods_on_environments_are_oprl_per_turn_only():
+    with pytest.raises(ConfigError, match="only oprl"):
+        validate(compose(["method=pure", "benchmark=maze"]))
+    validate(compose(["method=oprl", "benchmark=maze"]))

@@ -63,7 +63,14 @@ class StepHook:
         self.scorer = None
         self.sep_ids = frozenset()
         self.rule = None
-        if self.methods:
+        from crs.envs import is_env_benchmark
+
+        self.turns = is_env_benchmark(benchmark.name)  # multi-turn environments: steps are turns
+        if self.methods and self.turns:
+            from crs.steps.scorers import build_scorer
+
+            self.scorer = build_scorer(steps_cfg, benchmark.name, cache_dir, policy_path, None)
+        elif self.methods:
             from crs.steps.rule import PROCESS_VERIFIERS
             from crs.steps.scorers import RuleScorer, build_scorer
             from crs.steps.segment import separator_token_ids
@@ -110,7 +117,14 @@ class StepHook:
         from crs.steps.scorers import RolloutView
         from crs.steps.segment import segment_batch, step_texts
 
-        steps = segment_batch(cid, cm, self.sep_ids)
+        if self.turns:  # environments: a step is a turn (OPRL/iStar's unit), tool results excluded
+            from crs.steps.segment import segment_turns
+
+            steps = segment_turns(cm, cm * out["tool_mask"].cpu()) if "tool_mask" in out else None
+            if steps is None:
+                raise RuntimeError("a multi-turn rollout without TRL's tool_mask")
+        else:
+            steps = segment_batch(cid, cm, self.sep_ids)
         view = RolloutView(
             prompt_ids=out["prompt_ids"].cpu(),
             prompt_mask=out["prompt_mask"].cpu(),
@@ -169,6 +183,16 @@ def validate_steps(cfg) -> None:
     chain = CreditChain(cfg.method.credit)
     if not any(p.step.name in PRODUCERS for p in chain.steps):
         return
+    from crs.envs import is_env_benchmark
+
+    if is_env_benchmark(cfg.benchmark.name):
+        names = sorted(p.step.name for p in chain.steps if p.step.name in PRODUCERS)
+        if names != ["oprl"] or s.scorer != "implicit":
+            raise ConfigError(
+                f"on multi-turn environments (benchmark={cfg.benchmark.name}) the step level is the turn and "
+                f"only oprl with method.steps.scorer=implicit applies (got {', '.join(names)} with "
+                f"scorer={s.scorer}); turn methods: gigpo, a2tgpo, matchtir, r3l"
+            )
     if not list(s.separators):
         raise ConfigError("method.steps.separators must name at least one separator")
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun / crs on SLURM
@@ -187,7 +211,7 @@ def validate_steps(cfg) -> None:
         )
 
 
-_GATHER_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
+_GATHER_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "tool_mask", "advantages")
 
 
 def call_step_hook(

@@ -13,7 +13,9 @@ One forward of π_φ gives both this rollout's step rewards and the DPO loss; on
 the rewards come from the PRM *before* its update (the code's ``update=after``).
 
 Adaptation to single-turn RLVR [INF, documented]: the authors' step is an environment turn (one batch row);
-here a step is a segment of one completion (:mod:`crs.steps.segment`), the unit the issue asks for. The
+on single-turn tasks a step is a segment of one completion (:mod:`crs.steps.segment`), the unit the issue
+asks for; on crs's environments a step is an assistant turn (:func:`crs.steps.segment.segment_turns`,
+tool results excluded) inside the one sequence TRL keeps per episode. The
 step advantage follows the paper's form ``A^S = (r_s − mean R_s)/std R_s`` over all step rewards of the
 group (the code's first-seen-row RLOO baseline assumes one step per row). ``norm: batch_max`` is the code's
 ``istar_norm=batch_norm`` (``r / (max_batch |reverse-cumsum r| + 1e-6)``). The token-level PPO ratio is

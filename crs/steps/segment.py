@@ -154,6 +154,42 @@ def segment_batch(completion_ids: Tensor, completion_mask: Tensor, sep_ids: froz
     return Steps(step_id=step_id, ends=ends, n_content=n_content, valid=valid, lengths=lengths)
 
 
+def segment_turns(completion_mask: Tensor, loss_mask: Tensor) -> Steps:
+    """Steps = the assistant turns of multi-turn episodes (OPRL/iStar's own unit: one environment step).
+
+    Turn ``k`` = the ``k``-th run of ``loss_mask == 1`` (TRL's ``completion_mask·tool_mask``: tool-result
+    tokens are 0), as :func:`crs.envs.turns.turn_index`. ``step_id`` is ``-1`` on tool-result tokens and
+    padding, so sums and broadcasts over steps touch only the model's own tokens; a turn's end is its last
+    model token.
+
+    Args:
+        completion_mask: ``[B,T]`` 1 on valid completion tokens.
+        loss_mask: ``[B,T]`` ``completion_mask·tool_mask``.
+    """
+    from crs.envs.turns import turn_index
+
+    step_id = turn_index(loss_mask * completion_mask).cpu()
+    B, T = step_id.shape
+    K = int(step_id.max()) + 1 if step_id.numel() else 0
+    ends = torch.full((B, K), -1, dtype=torch.long)
+    n_content = torch.zeros(B, K, dtype=torch.long)
+    valid = torch.zeros(B, K, dtype=torch.bool)
+    pos = torch.arange(T)
+    for k in range(K):
+        on = step_id == k
+        has = on.any(-1)
+        valid[:, k] = has
+        ends[:, k] = torch.where(has, (pos * on).max(-1).values, torch.full((B,), -1))
+        n_content[:, k] = (on.sum(-1) - 1).clamp(min=0)
+    return Steps(
+        step_id=step_id,
+        ends=ends,
+        n_content=n_content,
+        valid=valid,
+        lengths=completion_mask.long().sum(-1).cpu(),
+    )
+
+
 def step_texts(tokenizer, completion_ids: Tensor, steps: Steps) -> list[list[str]]:
     """Decoded text of every step (end token included, special tokens skipped), per row."""
     out = []
