@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 
 import torch
@@ -53,6 +54,10 @@ def main(model_dir: str, batch_path: str, out_path: str) -> None:
         torch.save({"grads": grads, "world": world}, out_path)
         print(json.dumps({"world": world, "rows_per_process": B}))
     acc.wait_for_everyone()
+    # leave without interpreter shutdown: tearing down gloo/DDP threads there can abort a process
+    # ("terminate called without an active exception", seen under load) after the work is saved
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ process: prompts left-padded and completions right-padded to the local batch onl
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -54,6 +55,10 @@ def main(model_dir: str, rollout_path: str, out_prefix: str) -> None:
     )
     torch.save(feats, f"{out_prefix}.{acc.process_index}.pt")
     acc.wait_for_everyone()
+    # leave without interpreter shutdown: tearing down gloo's threads there can abort the process
+    # ("terminate called without an active exception", seen once in CI) after the work is done and saved
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
