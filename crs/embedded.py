@@ -41,8 +41,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -516,15 +514,3 @@ def ensure_embedded_model(
         "crs_pretrain.json",
         lambda tmp: pretrain(model_cfg, bench_cfg, tmp, show_progress=show_progress),
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
-    try:
-        pretrain(model_cfg, bench_cfg, tmp, show_progress=show_progress)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "crs_pretrain.json").exists():  # not a lost race: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final

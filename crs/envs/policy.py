@@ -18,8 +18,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -258,39 +256,6 @@ def ensure_env_policy(
         (tmp / "crs_pretrain.json").write_text(json.dumps(report, indent=2, default=str))
 
     return publish(final, "crs_pretrain.json", build)
-    bench = build_benchmark(bench_cfg, pcfg.seed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
-    try:
-        t0 = time.perf_counter()
-        model, tok, info = build_policy(pcfg, bench, show_progress=show_progress)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        t1 = time.perf_counter()
-        ev = (
-            success_rate(model, tok, bench, pcfg.eval_tasks, pcfg.eval_k, seed=pcfg.seed)
-            if pcfg.eval_tasks
-            else {}
-        )
-        report = {
-            "builder_version": POLICY_VERSION,
-            "policy": asdict(pcfg),
-            "benchmark": {k: v for k, v in dict(bench_cfg).items() if k != "policy"},
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "vocab_size": len(tok),
-            "sft": info,
-            "eval": ev,
-            "wall_time_s": {"sft": t1 - t0, "eval": time.perf_counter() - t1},
-        }
-        (tmp / "crs_pretrain.json").write_text(json.dumps(report, indent=2, default=str))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "crs_pretrain.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 if __name__ == "__main__":  # pragma: no cover
