@@ -120,9 +120,7 @@ class StepHook:
         if self.turns:  # environments: a step is a turn (OPRL/iStar's unit), tool results excluded
             from crs.steps.segment import segment_turns
 
-            steps = segment_turns(cm, cm * out["tool_mask"].cpu()) if "tool_mask" in out else None
-            if steps is None:
-                raise RuntimeError("a multi-turn rollout without TRL's tool_mask")
+            steps = segment_turns(cm, cm * out["tool_mask"].cpu())  # TRL sets tool_mask on tool rollouts
         else:
             steps = segment_batch(cid, cm, self.sep_ids)
         view = RolloutView(
