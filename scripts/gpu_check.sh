@@ -35,18 +35,25 @@ if [ "$PART" = all ] || [ "$PART" = tests ]; then
 # 0. the embedded default model (cached by content hash; built once on this machine's CPU otherwise)
 $PY -m crs.cli pretrain 2>&1 | tail -2
 # 1. the long default runs, in the background (launch-bound tiny model: they barely load the GPU)
-# (LONG_A / LONG_B: their crs train overrides; default: the old auto = bf16, and today's auto)
+# (LONG_A / LONG_B / LONG_C: their crs train overrides; default: the old auto = bf16 with cuDNN attention
+#  off (the crash's setting minus its kernel), today's auto, and today's auto with the static rollout
+#  engine: the evidence for making static the CUDA default)
 LONG_A=${LONG_A:-"trainer.precision=bf16 trainer.max_steps=$STEPS"}
 LONG_B=${LONG_B:-"trainer.max_steps=$STEPS"}
+LONG_C=${LONG_C:-"trainer.generation=static trainer.max_steps=$STEPS"}
 timeout 400 $PY scripts/gpu_long_run.py $LONG_A >"$OUT/long_a.log" 2>&1 &
 P1=$!
 timeout 400 $PY scripts/gpu_long_run.py $LONG_B >"$OUT/long_b.log" 2>&1 &
 P2=$!
+timeout 400 $PY scripts/gpu_long_run.py $LONG_C >"$OUT/long_c.log" 2>&1 &
+P3=$!
 # 2. the gpu tests
 timeout 420 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -W ignore 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
-wait $P1 $P2
-grep -h "^RESULT\|^FIRST_NONFINITE\|^NONFINITE" "$OUT/long_a.log" | sed "s/^/[long: $LONG_A] /"
-grep -h "^RESULT\|^FIRST_NONFINITE\|^NONFINITE" "$OUT/long_b.log" | sed "s/^/[long: $LONG_B] /"
+wait $P1 $P2 $P3
+for x in a b c; do
+  eval "ov=\$LONG_$(echo $x | tr a-z A-Z)"
+  grep -h "^RESULT\|^FIRST_NONFINITE\|^NONFINITE" "$OUT/long_$x.log" | sed "s/^/[long: $ov] /"
+done
 fi
 [ "$PART" = tests ] && exit 0
 # 3. the benchmark, alone on the GPU
