@@ -40,7 +40,7 @@ class MethodConfig:
     credit: dict[str, Any] = _f(
         {},
         "Ordered credit steps {step: {args..., drive: {knob, neutral}}} applied to TRL's advantages/loss mask "
-        "(crs/credit.py). Empty = plain GRPO. The schedule drives `knob` as neutral + (value − neutral)·ρ.",
+        "(crs/credit/). Empty = plain GRPO. The schedule drives `knob` as neutral + (value − neutral)·ρ.",
     )
     description: str = _f("", "One line: the paper and the idea.")
     steps: StepsConfig = field(
@@ -78,7 +78,9 @@ class TrainerConfig:
     )
     gradient_accumulation_steps: int = _f(
         1,
-        "Micro-steps per optimizer step. crs normalisers are exact at 1 (see crs/credit.py fold_token_weights).",
+        "Micro-steps per optimizer step. The token_mean divisor and forking's selected-token normaliser count the "
+        "trained tokens of all micro-batches of one optimizer step, over all processes (verl's token-mean; "
+        "CreditGRPOTrainer._token_mean_items), so any value gives the one-batch loss.",
     )
     steps_per_generation: int | None = _f(
         None,
