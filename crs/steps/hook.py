@@ -115,7 +115,7 @@ class StepHook:
             return feats
         from crs.steps.methods import PRODUCERS
         from crs.steps.scorers import RolloutView
-        from crs.steps.segment import segment_batch, step_texts
+        from crs.steps.segment import segment_batch
 
         if self.turns:  # environments: a step is a turn (OPRL/iStar's unit), tool results excluded
             from crs.steps.segment import segment_turns
@@ -123,14 +123,14 @@ class StepHook:
             steps = segment_turns(cm, cm * out["tool_mask"].cpu())  # TRL sets tool_mask on tool rollouts
         else:
             steps = segment_batch(cid, cm, self.sep_ids)
-        view = RolloutView(
+        view = RolloutView.decoded(
+            self.tokenizer,
+            cid,
+            steps,
             prompt_ids=out["prompt_ids"].cpu(),
             prompt_mask=out["prompt_mask"].cpu(),
-            completion_ids=cid,
             completion_mask=cm,
             rows=inputs,
-            step_texts=step_texts(self.tokenizer, cid, steps),
-            steps=steps,
             success=success.bool().cpu(),
             group_size=group_size,
             benchmark=self.benchmark.name,

@@ -200,28 +200,27 @@ class R3LRetry:
         """Pivot step (−1 = none) and its first token per first attempt, plus step texts."""
         from crs.steps.intervention import first_wrong
         from crs.steps.scorers import RolloutView
-        from crs.steps.segment import segment_batch, step_texts
+        from crs.steps.segment import segment_batch
 
         pad = self.tokenizer.pad_token_id or 0
         p_ids, p_mask = _pad(prompt_ids, pad, left=True)
         c_ids, c_mask = _pad(comps, pad, left=False)
         steps = segment_batch(c_ids, c_mask, self.sep_ids)
-        texts = step_texts(self.tokenizer, c_ids, steps)
-        view = RolloutView(
+        view = RolloutView.decoded(
+            self.tokenizer,
+            c_ids,
+            steps,
             prompt_ids=p_ids,
             prompt_mask=p_mask,
-            completion_ids=c_ids,
             completion_mask=c_mask,
             rows=rows,
-            step_texts=texts,
-            steps=steps,
             success=success,
             group_size=group_size,
             benchmark=self.benchmark.name,
         )
         scores = self.scorer.score(view).float().cpu()
         k = first_wrong(scores, steps.valid) if scores.numel() else torch.full((len(comps),), -1)
-        return k, step_start(steps.ends, k), texts
+        return k, step_start(steps.ends, k), view.step_texts
 
     def generate(
         self,

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from crs.errors import ConfigError
-from crs.steps.segment import Steps
+from crs.steps.segment import Steps, step_texts
 
 
 @dataclass
@@ -70,6 +70,17 @@ class RolloutView:
     benchmark: str = ""
     trainer: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def decoded(cls, tokenizer, completion_ids: Tensor, steps: Steps, **fields: Any) -> RolloutView:
+        """The view of a segmented rollout, its ``step_texts`` decoded by ``tokenizer`` (the one way the
+        step hook and R³L's reflection build it)."""
+        return cls(
+            completion_ids=completion_ids,
+            steps=steps,
+            step_texts=step_texts(tokenizer, completion_ids, steps),
+            **fields,
+        )
 
 
 class StepScorer:
