@@ -274,7 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", "--repeats", type=int, default=3, dest="rounds")
     p.add_argument("--variants", default=None, help=f"comma-separated (cpu default: {CPU_VARIANTS})")
     p.add_argument("--force-length", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--json", default=None, help="write every measurement here")
+    p.add_argument("--json", default=None, help="write every measurement here (rewritten after every round)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no round that would end past this many seconds (estimated from the rounds so far): "
+        "a time-limited GPU call keeps its complete rounds and their JSON",
+    )
     p.add_argument("--child", nargs=2, metavar=("VARIANT", "MODEL_DIR"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.precision = a.precision or ("bf16" if a.device == "cuda" else "fp32")
@@ -300,9 +307,20 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if a.force_length is not None:
         passthrough.append("--force-length" if a.force_length else "--no-force-length")
+    t0 = time.perf_counter()
+    done = 0
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model(Path(tmp) / "model"))
         for r in range(a.rounds):
+            elapsed = time.perf_counter() - t0
+            if a.budget_s is not None and done and elapsed * (done + 1) / done > a.budget_s:
+                print(
+                    f"crs: stopping after {done} of {a.rounds} rounds: another would pass --budget-s {a.budget_s:g} "
+                    f"({elapsed:.0f} s so far)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                break
             for v in variants:
                 out = subprocess.run(
                     [sys.executable, "-m", "crs.bench", "--child", v, model_dir, *passthrough],
@@ -319,10 +337,15 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    report = summarize(results, variants, a)
-    print_table(report, a)
+            done = r + 1
+            _write_json(a, results, variants, done)  # complete rounds survive a killed call
+    print_table(summarize(results, variants, a), a)
+
+
+def _write_json(a, results: dict[str, list[dict]], variants: list[str], rounds_done: int) -> None:
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "summary": report, "runs": results}, indent=2))
+        report = {"args": vars(a), "rounds_done": rounds_done, "summary": summarize(results, variants, a)}
+        Path(a.json).write_text(json.dumps({**report, "runs": results}, indent=2))
 
 
 def summarize(results: dict[str, list[dict]], variants: list[str], a) -> dict[str, Any]:
@@ -345,6 +368,7 @@ def summarize(results: dict[str, list[dict]], variants: list[str], a) -> dict[st
             "peak_mem_mb": statistics.median(x[mem_key] for x in results[v]),
             "phases_s": {ph: statistics.median(x["phases"][ph] for x in results[v]) for ph in PHASES},
         }
+    out["rounds"] = len(base_times)
     out["baseline_round_spread"] = max(base_times) / min(base_times) - 1
     return out
 
@@ -357,7 +381,7 @@ def print_table(report: dict[str, Any], a) -> None:
     mem = "peak GPU MB" if a.device == "cuda" else "peak RSS MB"
     table = Table(
         title=f"{a.model} model on {a.device} ({a.precision}), {a.batch} completions × ≤{a.tokens} tokens, "
-        f"{a.steps} steps (first {a.warmup} left out), {a.rounds} interleaved rounds; ratios paired per round vs {base}"
+        f"{a.steps} steps (first {a.warmup} left out), {report['rounds']} interleaved rounds; ratios paired per round vs {base}"
     )
     for col in ("variant", "s/step", f"× {base} (min–max)", "speed-up", "tok/s", mem, *PHASES):
         table.add_column(col, justify="left" if col == "variant" else "right")

@@ -6,7 +6,10 @@
 #   bash scripts/gpu_check.sh OUT_DIR [all|tests|bench] [quick]
 #
 # From a source checkout on a GPU machine. If .whl/ holds wheels (a machine without a package index),
-# they are installed into /tmp/site first. Everything it prints is also written to OUT_DIR.
+# they are installed into /tmp/site first. Everything it prints is also written to OUT_DIR (7 files).
+# DEADLINE (default 570 s after the start) bounds the benchmark; with the default model prebuilt and
+# carried (CRS_CACHE_DIR=.cache/gpu-models crs pretrain, before the call) `all` fits one 600 s call:
+# installs ~20 s, tests and the three watched runs side by side ~220 s, the benchmark the rest.
 set -u
 OUT=${1:-gpu-check}
 PART=${2:-all}
@@ -57,6 +60,10 @@ done
 fi
 [ "$PART" = tests ] && exit 0
 # 3. the benchmark, alone on the GPU
+# (rounds are interleaved; the bench starts no round that would end past DEADLINE seconds after this
+#  script started, and rewrites its JSON after every round, so a time-limited call keeps what it measured)
 ROUNDS=3; [ -n "$QUICK" ] && ROUNDS=1
+BUDGET=$(( ${DEADLINE:-570} - SECONDS )); [ $BUDGET -lt 60 ] && BUDGET=60
+echo "bench: $ROUNDS rounds at most, budget ${BUDGET} s"
 $PY -m crs.bench --device cuda --model 180m --batch 128 --tokens 256 --precision bf16 \
-  --variants trl,grpo,grpo+static --rounds $ROUNDS --steps 4 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  --variants trl,grpo,grpo+static --rounds $ROUNDS --steps 4 --budget-s $BUDGET --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"

@@ -36,7 +36,7 @@ def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rep = json.loads(out.read_text())
     summary = rep["summary"]
-    assert summary["baseline"] == "trl"
+    assert summary["baseline"] == "trl" and rep["rounds_done"] == 2 == summary["rounds"]
     for name in ("trl", "grpo+static"):
         v = summary["variants"][name]
         assert len(v["s_per_step_rounds"]) == 2 and v["s_per_step_median"] > 0
@@ -46,6 +46,21 @@ def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
     assert summary["variants"]["trl"]["ratio_median"] == 1.0
     assert "baseline_round_spread" in summary
     assert "× trl" in p.stdout  # the table the note quotes
+
+
+def test_bench_keeps_its_complete_rounds_when_its_budget_runs_out(tmp_path):
+    out = tmp_path / "bench.json"
+    p = _run(
+        [sys.executable, "-m", "crs.bench", "--device", "cpu", "--model", "tiny", "--steps", "2", "--warmup", "1",
+         "--batch", "8", "--tokens", "8", "--rounds", "5", "--variants", "trl,grpo", "--budget-s", "0.001",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "stopping after 1 of 5 rounds" in p.stderr
+    rep = json.loads(out.read_text())
+    assert rep["rounds_done"] == 1 and rep["summary"]["rounds"] == 1
+    assert all(len(v) == 1 for v in rep["runs"].values())
+    assert "1 interleaved rounds" in p.stdout.replace("\n", " ")
 
 
 @pytest.mark.parametrize("generation", ["hf", "static"])
