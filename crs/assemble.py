@@ -95,6 +95,16 @@ def load_model(cfg: DictConfig, path: str):
 TRL_LOSS = {"token_mean": "dapo", "opmd": "cispo"}
 
 
+def wants_cuda(cfg: DictConfig) -> bool:
+    """Whether this job trains on CUDA (``trainer.device``: auto = when a GPU is visible)."""
+    import torch
+
+    t = cfg.trainer
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible")
+    return torch.cuda.is_available() and t.device != "cpu"
+
+
 def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
     """The GRPOConfig for this job (every knob comes from cfg.trainer; ``n_params`` sizes ``precision: auto``)."""
     import torch
@@ -104,9 +114,7 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
     from crs.rollout import grpo_generation_kwargs
 
     t = cfg.trainer
-    cuda = torch.cuda.is_available() and t.device != "cpu"
-    if t.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is visible")
+    cuda = wants_cuda(cfg)
     precision = resolve_precision(t.precision, cuda, n_params, cuda and torch.cuda.is_bf16_supported())
     n_eval = t.num_generations_eval
     eval_prompts_per_batch = max(1, min(16, t.eval_prompts))

@@ -147,17 +147,29 @@ def _sweep_tags(ctx: dict[str, Any], parent: dict[str, Any] | None) -> dict[str,
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by a composed config; returns the summary dict."""
+    from crs.runs.distributed import adopt_slurm_tasks
     from crs.runs.preflight import check_resources
 
+    adopt_slurm_tasks()  # a SLURM job's tasks are its processes (crs/runs/distributed.py)
     validate(cfg)  # one clear error before anything heavy happens
     from crs.envs.turns import check_benchmark
 
     check_benchmark(cfg.method.credit, cfg.benchmark.name)
     check_resources(cfg)  # model path, data files, tracking store
     quiet()
-    ctx = _hydra_context()
-    output_dir = Path(ctx.get("output_dir") or cfg.paths.output_dir)
+    from crs.assemble import wants_cuda
     from crs.progress import console
+    from crs.runs.distributed import Processes, drop_own_folder
+
+    procs = Processes.from_env()  # several processes (torchrun, accelerate launch): rank 0 owns the run
+    procs.start(use_cpu=not wants_cuda(cfg))
+    if not procs.main:
+        console.quiet = True
+    ctx = _hydra_context()
+    own_dir = Path(ctx.get("output_dir") or cfg.paths.output_dir)
+    output_dir = procs.share(own_dir)  # every process works in rank 0's folder
+    if not procs.main:
+        drop_own_folder(own_dir, output_dir)
     from crs.runs.checkpoint import plan_resume, run_key
     from crs.runs.liveness import Heartbeat, identity_tags
     from crs.runs.lock import RunLock
@@ -178,12 +190,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     duplicate = duplicate_of(cfg, ctx, parent)
     if duplicate is not None:  # a schedule that drives nothing: the grid cell collapses (crs/naming.py)
-        record_skip(ctx["sweep_dir"], ctx.get("job_num"), list(ctx.get("overrides", [])), duplicate)
-        print(f"crs: skipped duplicate job {ctx.get('job_num')}: {duplicate}", flush=True)
+        if procs.main:
+            record_skip(ctx["sweep_dir"], ctx.get("job_num"), list(ctx.get("overrides", [])), duplicate)
+            print(f"crs: skipped duplicate job {ctx.get('job_num')}: {duplicate}", flush=True)
         return {"skipped": duplicate}
-    tracker = build_tracker(cfg.tracking)
+    tracker = build_tracker(cfg.tracking if procs.main else {"name": "none"})
     key = run_key(cfg)
-    plan = plan_resume(cfg, tracker, output_dir, key, bool(ctx.get("multirun")))
+    plan = procs.share(
+        plan_resume(cfg, tracker, output_dir, key, bool(ctx.get("multirun"))) if procs.main else None
+    )
     # a relaunched sweep adopts the runs it resumes or skips, so its parent counts every job
     adopt = {**_sweep_tags(ctx, parent), "mlflow.parentRunId": parent["run_id"]} if parent else {}
     if plan.skip is not None:
@@ -197,11 +212,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if plan.note:
         console.print(f"crs: {plan.note}")
     home = plan.home
-    output_dir.mkdir(parents=True, exist_ok=True)
-    redact_files(output_dir / ".hydra")  # Hydra wrote the overrides there verbatim
     run_lock = RunLock(home)
-    if not run_lock.acquire():
-        raise ConfigError(f"the run folder {home} is held by another live crs process")
+    if procs.main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        redact_files(output_dir / ".hydra")  # Hydra wrote the overrides there verbatim
+        if not run_lock.acquire():
+            raise ConfigError(f"the run folder {home} is held by another live crs process")
     tags = {**identity_tags(str(home)), "crs.run_key": key}
     if plan.run_id is not None:
         resumed = int(plan.marker.get("resumed", 0)) + 1
@@ -222,7 +238,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"(step {plan.marker['step']}/{cfg.trainer.max_steps})"
         )
     heartbeat = Heartbeat(tracker, float(cfg.runs.heartbeat_s))
-    heartbeat.start()
+    if procs.main:
+        heartbeat.start()
     status, error = "FINISHED", None
     previous = signals.install()  # kill signals → JobKilled, held during store writes (crs/runs/signals.py)
     t0 = time.time()
@@ -295,9 +312,12 @@ def _train(
     from crs.benchmarks import build_benchmark
     from crs.credit import CreditChain
     from crs.progress import RichProgressCallback, console, summary_table
+    from crs.runs.distributed import Processes
     from crs.schedules import schedule_from_cfg
     from crs.trainer import CreditGRPOTrainer
 
+    procs = Processes.from_env()
+    main = procs.main
     threads = set_threads(cfg, ctx)
     set_seed(cfg.seed)
     bench = build_benchmark(cfg.benchmark, cfg.seed)
@@ -395,6 +415,7 @@ def _train(
         f"benchmark {cfg.benchmark.name} ({len(bench.train)} train / {len(eval_ds)} eval prompts), "
         f"{cfg.trainer.max_steps} steps, device {'cuda' if not args.use_cpu else 'cpu'} × {threads} threads, "
         f"{'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}, generation {cfg.trainer.generation}"
+        + (f", world {procs.world} processes" if procs.world > 1 else "")
     )
     t_train = time.time()
     start_eval = ckpt_state.get("start_eval")
@@ -407,7 +428,8 @@ def _train(
             resume_from_checkpoint=str(plan.checkpoint) if plan is not None and plan.resuming else None
         )
     except BaseException as err:
-        save_partial(trainer, tracker, output_dir, start_eval, t0, err)
+        if main:
+            save_partial(trainer, tracker, output_dir, start_eval, t0, err)
         raise
     if cfg.trainer.eval_steps == 0 or cfg.trainer.max_steps % cfg.trainer.eval_steps:
         trainer.evaluate()  # the final evaluation, unless the periodic one already landed on the last step
@@ -432,11 +454,13 @@ def _train(
     }
     tracker.log_metrics(final, step=trainer.state.global_step)
     tracker.log_dict(summary, "summary.json")
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if main:  # one folder for the job (crs/runs/distributed.py): rank 0 writes it
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if trainer.samples:
         tracker.log_dict(trainer.samples, "samples/rollouts.json")
-        (output_dir / "samples.json").write_text(json.dumps(trainer.samples, indent=2, default=str))
-    if cfg.diagnostics.heatmap and cfg.diagnostics.every > 0:
+        if main:
+            (output_dir / "samples.json").write_text(json.dumps(trainer.samples, indent=2, default=str))
+    if main and cfg.diagnostics.heatmap and cfg.diagnostics.every > 0:
         from crs.diagnostics import draw_heatmaps
 
         paths = draw_heatmaps(

@@ -249,8 +249,6 @@ class CreditGRPOTrainer(GRPOTrainer):
             self._crs_rho = self.rho()  # once per rollout, before the rewards are computed
         rho = self._crs_rho
         if self.retry is not None and mode == "train":
-            if self.accelerator.num_processes > 1:
-                raise RuntimeError("r3l's retries run on one process only for now")
             if self.environment_factories is None:
                 self._crs_rows = list(inputs)  # read (once) by _generate_single_turn
             else:

@@ -207,3 +207,44 @@ def test_step_hook_on_two_processes_equals_one(tiny_model_dir, tmp_path, method)
         except RuntimeError:  # 6 rows do not even reshape into groups of 4
             differs = True
     assert differs, "a per-process hook would have passed: the rollout does not split a group"
+
+
+# ------------------------------------------------------------------------- the whole command, two processes
+def _torchrun_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+            "-m", "crs.cli", "train", "debug=fast", "trainer.max_steps=2",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides,
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["grpo", "r3l"])
+def test_crs_train_on_two_processes_is_one_run(tmp_path, method):
+    """`torchrun --nproc_per_node 2 -m crs.cli train` (what accelerate launch and SLURM tasks do): one
+    MLflow run, FINISHED, with the job's metrics, and one run folder holding the summary; the console
+    summary printed once. R³L runs too (its retries need whole groups per process, which crs's batch check
+    guarantees). Planted bug: every process starts its own tracker and folder (the old behaviour) → two
+    runs and two folders, caught below."""
+    from mlflow.tracking import MlflowClient
+
+    r = _torchrun_train(tmp_path, f"method={method}")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1, [(x.info.run_name, x.info.status) for x in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    names = set(run.data.metrics)
+    assert "final.train_time_s" in run.data.tags, sorted(run.data.tags)  # the summary, written once
+    assert any(k.endswith("main/accuracy") for k in names), sorted(names)
+    if method == "r3l":
+        assert any("r3l.retry_rate" in k for k in names), sorted(names)
+    folders = [p.parent for p in (tmp_path / "outputs").rglob(".hydra")]
+    assert len(folders) == 1, folders
+    assert (folders[0] / "summary.json").is_file()
+    assert r.stdout.count("wall time") == 1, r.stdout[-3000:]

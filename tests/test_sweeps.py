@@ -139,3 +139,28 @@ def test_slurm_grid(tmp_path):
     assert all(j.info.status == "FINISHED" for j in jobs)
     # the jobs really ran inside SLURM: submitit wrote the array's logs
     assert list((tmp_path / "sweep" / ".submitit").glob("*_0/*_log.out"))
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM cluster (make slurm-up)")
+def test_slurm_job_with_two_tasks_is_one_two_process_run(tmp_path):
+    """``hydra.launcher.tasks_per_node=2``: the job's two SLURM tasks train as two processes of one run
+    (submitit's TorchDistributedEnvironment → torch env:// rendezvous, crs/runs/distributed.py): one
+    MLflow job run, FINISHED, trained by a world of 2. Planted bug: no adoption of the tasks → each task
+    trains alone, two job runs, caught below."""
+    args = [
+        "train", "-m", "debug=fast", "trainer.max_steps=2", "diagnostics.every=0", "seed=0",
+        "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=15", "hydra.launcher.partition=debug",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    r = _crs(args, tmp_path, 900)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    client, parents, jobs = _runs(tmp_path)
+    assert len(parents) == 1 and len(jobs) == 1, [j.info.run_name for j in jobs]
+    job = jobs[0]
+    assert job.info.status == "FINISHED"
+    logs = sorted((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2, logs  # one log per task: two processes ran the job
+    text = " ".join(" ".join(p.read_text().split()) for p in logs)  # rich wraps long lines
+    assert "world 2 processes" in text, text[-3000:]

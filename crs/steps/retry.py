@@ -56,7 +56,6 @@ verifier's first wrong step; only when the scorer is not ``rule``), ``slot_fill`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -389,12 +388,12 @@ def validate_r3l(cfg) -> None:
 
     a = next(p.args for p in chain.steps if p.step.name == "r3l")
     bench, s = cfg.benchmark.name, cfg.method.steps
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun / crs on SLURM
-    if world > 1:
-        raise ConfigError(
-            f"method r3l runs on one process for now (WORLD_SIZE={world}): a retry slot must see its group's "
-            "first attempts, which TRL may place on another process"
-        )
+    # More than one process (accelerate launch, torchrun, SLURM tasks_per_node > 1) needs no gathering: a
+    # retry slot must see its own group's first attempts, and every process generates whole groups, since
+    # TRL's RepeatSampler lays each prompt's G copies out contiguously and crs requires
+    # per_device_train_batch_size × steps_per_generation to be a multiple of num_generations (config check).
+    # Both generate() calls run on every process with equal batch sizes, so collective generation backends
+    # (vLLM, ZeRO-3 gathers) stay in step. tests/test_multiprocess.py::test_r3l_on_two_processes.
     if is_env_benchmark(bench):
         from crs.envs.retry import TURN_VERIFIERS
 
