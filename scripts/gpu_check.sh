@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export CRS_CACHE_DIR=${CRS_CACHE_DIR:-$PWD/.cache/gpu-models}
 PY=${PY:-python3}
-if ls .whl/*.whl >/dev/null 2>&1; then
+if [ -z "${NO_WHL:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then   # NO_WHL=1: use the installed packages
   rm -rf /tmp/site
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   if ls .whl/antlr4*.tar.gz >/dev/null 2>&1; then
@@ -44,11 +44,11 @@ $PY -m crs.cli pretrain 2>&1 | tail -2
 LONG_A=${LONG_A:-"trainer.precision=bf16 trainer.max_steps=$STEPS"}
 LONG_B=${LONG_B:-"trainer.max_steps=$STEPS"}
 LONG_C=${LONG_C:-"trainer.generation=static trainer.max_steps=$STEPS"}
-timeout 400 $PY scripts/gpu_long_run.py $LONG_A >"$OUT/long_a.log" 2>&1 &
+timeout ${LONG_TIMEOUT:-400} $PY scripts/gpu_long_run.py $LONG_A >"$OUT/long_a.log" 2>&1 &
 P1=$!
-timeout 400 $PY scripts/gpu_long_run.py $LONG_B >"$OUT/long_b.log" 2>&1 &
+timeout ${LONG_TIMEOUT:-400} $PY scripts/gpu_long_run.py $LONG_B >"$OUT/long_b.log" 2>&1 &
 P2=$!
-timeout 400 $PY scripts/gpu_long_run.py $LONG_C >"$OUT/long_c.log" 2>&1 &
+timeout ${LONG_TIMEOUT:-400} $PY scripts/gpu_long_run.py $LONG_C >"$OUT/long_c.log" 2>&1 &
 P3=$!
 # 2. the gpu tests
 timeout 420 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -W ignore 2>&1 | tee "$OUT/gpu_tests.log" | tail -40

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 
 import torch
@@ -207,7 +208,10 @@ T.CreditGRPOTrainer.compute_loss = compute_loss
 if __name__ == "__main__":
     t0 = time.time()
     try:
-        s = train(compose(["tracking=none", "paths.output_dir=/tmp/crs-long-run", *sys.argv[1:]]))
+        # a folder of its own (gpu_check.sh runs three of these side by side) and no resuming of an
+        # earlier run's checkpoints on a warm machine
+        home = tempfile.mkdtemp(prefix="crs-long-run-")
+        s = train(compose(["tracking=none", f"paths.output_dir={home}", "resume=never", *sys.argv[1:]]))
         keys = (
             "steps",
             "eval_accuracy_start",
@@ -217,8 +221,9 @@ if __name__ == "__main__":
             "train_time_s",
         )
         print("RESULT FINISHED", json.dumps({k: s.get(k) for k in keys}), flush=True)
-    except Exception as err:  # noqa: BLE001 - this is a diagnosis script: report, do not hide
-        print("RESULT FAILED", f"{type(err).__name__}: {err}"[:600], flush=True)
+    except BaseException as err:  # noqa: BLE001 - a diagnosis script: report (a timeout's SIGTERM too), do not hide
+        status = "KILLED" if type(err).__name__ in ("JobKilled", "KeyboardInterrupt") else "FAILED"
+        print(f"RESULT {status}", f"{type(err).__name__}: {err}"[:600], flush=True)
     print(
         "FIRST_NONFINITE",
         json.dumps(state["first_bad"]),

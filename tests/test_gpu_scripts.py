@@ -17,8 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -63,18 +61,36 @@ def test_bench_keeps_its_complete_rounds_when_its_budget_runs_out(tmp_path):
     assert "1 interleaved rounds" in p.stdout.replace("\n", " ")
 
 
-@pytest.mark.parametrize("generation", ["hf", "static"])
-def test_long_run_watch_reaches_its_result_line(generation):
-    p = _run(
-        [sys.executable, "scripts/gpu_long_run.py", "tracking=none", "debug=fast", "trainer.max_steps=3",
-         f"trainer.generation={generation}"]
-    )  # fmt: skip
-    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    result = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert result and result[-1].startswith("RESULT FINISHED"), p.stdout[-2000:]
-    assert json.loads(result[-1].split(" ", 2)[2])["steps"] == 3
-    watch = [ln for ln in p.stdout.splitlines() if ln.startswith("FIRST_NONFINITE")]
-    assert watch and watch[-1].startswith("FIRST_NONFINITE null"), p.stdout[-2000:]
+def test_long_run_watches_side_by_side_reach_their_result_lines():
+    """Two watched runs at once, one per rollout engine, as gpu_check.sh starts them (side by side: a
+    shared run folder made all but one fail on its lock — found by running the script here)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "scripts/gpu_long_run.py",
+                "tracking=none",
+                "debug=fast",
+                "trainer.max_steps=3",
+                f"trainer.generation={generation}",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for generation in ("hf", "static")
+    ]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, (stdout + stderr)[-3000:]
+        result = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+        assert result and result[-1].startswith("RESULT FINISHED"), stdout[-2000:]
+        assert json.loads(result[-1].split(" ", 2)[2])["steps"] == 3
+        watch = [ln for ln in stdout.splitlines() if ln.startswith("FIRST_NONFINITE")]
+        assert watch and watch[-1].startswith("FIRST_NONFINITE null"), stdout[-2000:]
 
 
 def test_gpu_check_script_parses_and_its_overrides_compose():
