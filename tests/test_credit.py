@@ -780,7 +780,9 @@ def test_rollout_features():
     assert feats["adora_tas"].tolist() == [True] * 4 + [False] * 4
 
 
-@pytest.mark.parametrize("method", ["tp_schedule", "forking_tokens", "entropy_adv", "focal_grpo", "adora", "pure"])
+@pytest.mark.parametrize(
+    "method", ["tp_schedule", "forking_tokens", "entropy_adv", "focal_grpo", "adora", "pure"]
+)
 def test_building_a_chain_leaves_the_run_rng_alone(method):
     """Validating a method (its dry run on a synthetic batch) must not draw from torch's global RNG: with
     the same seed every grid cell then starts from the same evaluation samples and first rollout (paired

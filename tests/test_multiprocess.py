@@ -46,6 +46,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node 2 <args>`` on a free local port (gloo, 1 thread
+    per process), with the repo and tests/ importable."""
+    path = f"{REPO}{os.pathsep}{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
 def _trainer(model_dir, tmp, chain, **args_kw):
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -89,19 +101,7 @@ def test_two_processes_equal_one(tiny_model_dir, tmp_path, name):
     out = tmp_path / "grads.pt"
     two_args = {**args, "per_device_train_batch_size": 4}
     torch.save({"inputs": inputs, "chain": chain, "args": two_args}, batch)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    r = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            str(REPO / "tests" / "helpers" / "mp_grads.py"), tiny_model_dir, str(batch), str(out),
-        ],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    r = _torchrun(str(REPO / "tests" / "helpers" / "mp_grads.py"), tiny_model_dir, str(batch), str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(out)
     assert got["world"] == 2
@@ -175,19 +175,9 @@ def test_step_hook_on_two_processes_equals_one(tiny_model_dir, tmp_path, method)
 
     path = tmp_path / "rollout.pt"
     torch.save({"out": out, "rows": rows, "success": success, "group": 4, "overrides": overrides}, path)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    r = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            str(REPO / "tests" / "helpers" / "mp_steps.py"), tiny_model_dir, str(path), str(tmp_path / "feats"),
-        ],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+    r = _torchrun(
+        str(REPO / "tests" / "helpers" / "mp_steps.py"), tiny_model_dir, str(path), str(tmp_path / "feats")
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     payload = {"out": out, "rows": rows}
     differs = False
@@ -211,16 +201,18 @@ def test_step_hook_on_two_processes_equals_one(tiny_model_dir, tmp_path, method)
 
 # ------------------------------------------------------------------------- the whole command, two processes
 def _torchrun_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            "-m", "crs.cli", "train", "debug=fast", "trainer.max_steps=2",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides,
-        ],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    db = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    return _torchrun(
+        "-m",
+        "crs.cli",
+        "train",
+        "debug=fast",
+        "trainer.max_steps=2",
+        db,
+        *overrides,
+        cwd=tmp_path,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("method", ["grpo", "r3l"])
