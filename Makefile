@@ -45,8 +45,9 @@ test-gpu: install ## the CUDA tests (skipped without a GPU); scripts/gpu_check.s
 test-slurm: install ## the real-SLURM tests (run make slurm-up first)
 	$(BIN)/python -m pytest -m slurm -q
 
-lint: install ## ruff check + format check
+lint: install ## ruff check + format check + import layering (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check crs tests
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check crs tests
 
 format: install ## ruff format + autofix
@@ -69,7 +70,7 @@ ui: install ## MLflow UI on ./mlflow.db (http://127.0.0.1:5000)
 	$(BIN)/crs ui
 
 bench: install ## trainer/rollout cost as ratios vs plain TRL (ARGS="--device cuda --model 180m --batch 128 --tokens 256 --json b.json")
-	$(BIN)/python -m crs.bench $(ARGS)
+	$(BIN)/python -m crs.perf $(ARGS)
 
 slurm-up: ## start a single-node SLURM cluster on this machine (Debian; root)
 	bash .ci/slurm-up.sh

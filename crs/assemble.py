@@ -45,9 +45,9 @@ def resolve_model_path(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
     """``model.name_or_path`` as given, or the embedded model (built and cached on first use)."""
     if cfg.model.name_or_path:
         return str(cfg.model.name_or_path), None
-    from crs.envs import is_env_benchmark
+    from crs.benchmarks import is_multi_turn
 
-    if is_env_benchmark(cfg.benchmark.name):  # multi-turn environments build their own warm-started policy
+    if is_multi_turn(cfg.benchmark.name):  # multi-turn environments build their own warm-started policy
         from crs.envs.policy import ensure_env_policy
 
         bench_cfg = OmegaConf.to_container(cfg.benchmark, resolve=True)

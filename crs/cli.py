@@ -20,42 +20,8 @@ import sys
 from pathlib import Path
 
 USAGE = __doc__.split("\n\n")[1]
-SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
-
-
-def _unknown_option(err: BaseException) -> str | None:
-    """Hydra's "Could not find 'group/name'" as one line listing every option of the group (no schemas)."""
-    import re
-
-    m = re.search(r"Could not find '([\w/]+)/([^']+)'", str(err))
-    if not m:
-        return None
-    from crs.train import CONF_DIR
-
-    group, name = m.group(1), m.group(2)
-    options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
-    if not options:
-        return None
-    return f"{group}={name} is not an option; choose one of: {', '.join(options)}"
-
-
-def _one_line(err: BaseException) -> str:
-    """Hydra/OmegaConf errors are multi-line; keep the informative first lines, joined."""
-    unknown = _unknown_option(err)
-    if unknown:
-        return unknown
-    parts = []
-    for e in (err, err.__cause__):
-        if e is None:
-            continue
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
-        if lines:
-            text = (
-                " ".join(lines[:8]).split(" Config search path")[0].replace(": \t", ": ").replace("\t", " ")
-            )
-            parts.append(text if len(text) <= 300 else text[:297] + "...")
-    return " — ".join(dict.fromkeys(parts)) or type(err).__name__
+from crs.errors import one_line as _one_line  # noqa: E402
+from crs.locations import SWEEPS_DIR  # noqa: E402
 
 
 def compose(overrides: list[str]):
@@ -65,7 +31,7 @@ def compose(overrides: list[str]):
     from hydra.core.global_hydra import GlobalHydra
 
     from crs.config import register_configs
-    from crs.train import CONF_DIR
+    from crs.locations import CONF_DIR
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -120,14 +86,13 @@ def schedule_cmd(argv: list[str]) -> None:
     from rich.table import Table
 
     from crs.config import validate
-    from crs.credit import CreditChain
     from crs.errors import ConfigError
     from crs.progress import error_line
     from crs.schedules import schedule_from_cfg
 
     try:
         cfg = compose([f"schedule={args.option}", *args.overrides])
-        validate(cfg)
+        chain = validate(cfg)
     except ConfigError as err:
         error_line(str(err))
         sys.exit(2)
@@ -138,7 +103,6 @@ def schedule_cmd(argv: list[str]) -> None:
         error_line(f"--steps must be >= 1 (got {args.steps})")
         sys.exit(2)
     rho = schedule_from_cfg(cfg.schedule)
-    chain = CreditChain(cfg.method.credit)
     if args.steps:
         points = [(i, i / args.steps) for i in range(args.steps)]
     else:
@@ -194,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     verb, rest = argv[0], argv[1:]
-    from crs.train import quiet_env
+    from crs.quiet import quiet_env
 
     quiet_env()
     if verb == "train":

@@ -20,7 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from crs.embedded import EmbeddedModelConfig
 from crs.errors import ConfigError
 from crs.rollout import GENERATIONS
-from crs.steps.config import StepsConfig
+from crs.steps.settings import StepsConfig
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -43,6 +43,11 @@ class MethodConfig:
         "(crs/credit/). Empty = plain GRPO. The schedule drives `knob` as neutral + (value − neutral)·ρ.",
     )
     description: str = _f("", "One line: the paper and the idea.")
+    source: str | None = _f(
+        None,
+        "A Python file that defines METHOD = crs.credit.method.Method(...) (or METHODS), loaded before the "
+        "config check, so a method can be tried without editing crs (docs/adding-a-method.md).",
+    )
     steps: StepsConfig = field(
         default_factory=StepsConfig,
         metadata={
@@ -68,6 +73,11 @@ class ScheduleConfig:
 
 @dataclass
 class TrainerConfig:
+    kind: str = _f(
+        "grpo",
+        "Which TRL trainer crs wraps (crs/trainers/): grpo = GRPOTrainer. A method declares the kinds it "
+        "supports; a wrong pair is one error line before any model loads.",
+    )
     max_steps: int = _f(300, "Optimizer steps. The schedule clock is global_step / max_steps.")
     per_device_train_batch_size: int = _f(
         64,
@@ -333,8 +343,24 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check values that types cannot; raise :class:`ConfigError` naming the key and what is accepted."""
+VALIDATED: dict[str, Any] = {}  # config text -> its credit chain: one validation per config and process
+
+
+def validate(cfg: DictConfig):
+    """Check values that types cannot; raise :class:`ConfigError` naming the key and what is accepted.
+
+    Returns the run's :class:`~crs.methods.chain.CreditChain`, built here once: the CLI's early check
+    and the run itself share it (a second call with the same config returns it without re-checking).
+    """
+    import os
+
+    key = OmegaConf.to_yaml(cfg, resolve=False) + f"WORLD_SIZE={os.environ.get('WORLD_SIZE', '1')}"
+    if key not in VALIDATED:
+        VALIDATED[key] = _validate(cfg)
+    return VALIDATED[key]
+
+
+def _validate(cfg: DictConfig):
     seed = cfg.get("seed")
     _check(
         isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
@@ -405,15 +431,19 @@ def validate(cfg: DictConfig) -> None:
         schedule_from_cfg(s)
     except ValueError as err:
         raise ConfigError(f"schedule: {err}") from None
-    from crs.credit import CreditChain
+    from crs.trainers import TRAINERS
 
-    CreditChain(cfg.method.credit)  # raises ConfigError on unknown steps/arguments
+    _check(t.kind in TRAINERS, f"trainer.kind must be one of {', '.join(TRAINERS)} (got {t.kind!r})")
+    from crs.methods import load_source
+    from crs.methods.chain import CreditChain
+
+    if cfg.method.get("source"):
+        load_source(cfg.method.source)  # a method defined in the user's own file
+    chain = CreditChain(cfg.method.credit)  # raises ConfigError on unknown steps/arguments
     from crs.steps.hook import validate_steps
 
-    validate_steps(cfg)  # method.steps: scorer, vote, a process verifier where one is needed
-    from crs.steps.retry import validate_r3l
-
-    validate_r3l(cfg)  # method=r3l: single-turn benchmark, a scorer that marks wrong steps, retry slots
+    validate_steps(cfg, chain)  # method.steps: scorer, vote, a process verifier where one is needed
+    chain.check_run(cfg)  # each method's declarations: trainer kind, benchmark kind, processes, own checks
     r = cfg.get("runs")
     if r is not None:
         _check(r.checkpoint_every >= 0, f"runs.checkpoint_every must be >= 0 (got {r.checkpoint_every})")
@@ -439,3 +469,4 @@ def validate(cfg: DictConfig) -> None:
     _check(d.every >= 0 and d.bins >= 1, "diagnostics.every must be >= 0 and diagnostics.bins >= 1")
     if cfg.get("inject_failure_at_step") is not None:
         _check(cfg.inject_failure_at_step >= 0, "inject_failure_at_step must be >= 0 or null")
+    return chain

@@ -30,17 +30,23 @@ DESCRIPTION_TAG = "mlflow.note.content"
 
 
 def driven_knobs(method_credit: Any) -> list[str]:
-    """Names of the knobs the schedule drives for a method's credit chain (``[]``: none)."""
-    from crs.credit import CreditChain
-
-    return sorted(CreditChain(method_credit).knobs(1.0))
+    """Names ``<step>/<knob>`` of the knobs the schedule drives (``[]``: none), read from ``method.credit``
+    (or a built chain) without building one."""
+    if hasattr(method_credit, "knobs"):
+        return sorted(method_credit.knobs(1.0))
+    out = []
+    for name, spec in dict(method_credit or {}).items():
+        drive = (spec or {}).get("drive") if hasattr(spec or {}, "get") else None
+        if drive is not None and drive.get("knob") is not None:
+            out.append(f"{name}/{drive['knob']}")
+    return sorted(out)
 
 
 def default_choice(group: str) -> str | None:
     """The option ``conf/train.yaml`` picks for a config group (e.g. the default loss preset)."""
     from omegaconf import OmegaConf
 
-    from crs.train import CONF_DIR
+    from crs.locations import CONF_DIR
 
     for item in OmegaConf.load(Path(CONF_DIR) / "train.yaml").get("defaults", []):
         if isinstance(item, Mapping) or hasattr(item, "keys"):

@@ -3,7 +3,7 @@
 Mixed precision (TRL/transformers ``bf16=True``: fp32 master weights, bf16 autocast compute) buys
 speed only when matrix products are big enough to be arithmetic- or bandwidth-bound. A model of a
 few million parameters is launch-bound on a GPU: on an H200 the embedded 0.34M-parameter default
-ran 60 steps in 39 s in fp32 against 47 s in bf16 (../shared/docs/gpu.md). What bf16 costs such a
+ran 60 steps in 39 s in fp32 against 47 s in bf16 (docs/gpu.md). What bf16 costs such a
 model is numerics: its 8-bit mantissa rounds logits by up to ~0.4% (a tiny, sharp policy's logits
 reach tens), which moves PPO ratios and the sampled distribution. So ``auto`` keeps fp32 below
 :data:`AUTO_BF16_MIN_PARAMS` and uses bf16 above it on bf16-capable GPUs (Ampere and later); fp16

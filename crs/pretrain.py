@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from crs.config import register_configs
 from crs.errors import ConfigError
-from crs.train import CONF_DIR, quiet
+from crs.locations import CONF_DIR
+from crs.quiet import quiet
 
 
 def pretrain_job(cfg: DictConfig) -> dict:

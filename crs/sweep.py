@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,15 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-SWEEP_FILE = "crs_sweep.json"
-
-
-def read_parent(sweep_dir: str | os.PathLike | None) -> dict[str, Any] | None:
-    """The parent-run record a sweep wrote, or ``None`` (tracking=none, or not launched by crs)."""
-    if not sweep_dir:
-        return None
-    path = Path(sweep_dir) / SWEEP_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+from crs.runs.parent import SWEEP_FILE, finalize_sweep, read_parent  # noqa: F401  (re-exported)
 
 
 def swept_keys(task_overrides: list[str], sweeper_params: dict[str, Any] | None) -> list[str]:
@@ -55,29 +46,6 @@ def swept_keys(task_overrides: list[str], sweeper_params: dict[str, Any] | None)
         if parsed.is_sweep_override():
             keys.append(parsed.get_key_element())
     return list(dict.fromkeys(k.lstrip("+~") for k in keys))  # command-line order
-
-
-def finalize_sweep(info: dict[str, Any]) -> dict[str, int]:
-    """Close the parent run with a status derived from its children; idempotent."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(info["uri"])
-    parent = client.get_run(info["run_id"])
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.sweep_id = '{info['sweep_id']}' and tags.`crs.role` = 'job'",
-        max_results=10000,
-    )
-    counts = {"finished": 0, "failed": 0, "killed": 0, "running": 0}
-    for run in children:
-        status = run.info.status.lower()
-        counts[status if status in counts else "running"] += 1
-    for key, value in counts.items():
-        client.set_tag(info["run_id"], f"jobs.{key}", str(value))
-    if parent.info.status == "RUNNING":
-        status = "FAILED" if counts["failed"] or counts["killed"] or not children else "FINISHED"
-        client.set_terminated(info["run_id"], status=status)
-    return counts
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
@@ -125,7 +93,7 @@ def check_every_job(config: DictConfig) -> None:
             error_line(redact_text(f"sweep job #{i} ({' '.join(job)}): {err}"))
             sys.exit(2)
         except Exception as err:
-            from crs.cli import _one_line
+            from crs.errors import one_line as _one_line
 
             error_line(redact_text(f"sweep job #{i} ({' '.join(job)}): {_one_line(err)}"))
             sys.exit(2)

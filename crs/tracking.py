@@ -30,13 +30,13 @@ it already holds; a store that stops answering mid-run raises :class:`TrackingEr
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from crs.locations import default_uri  # noqa: F401  (re-exported)
 from crs.runs.signals import shield  # store writes are never cut by a kill signal
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -53,11 +53,6 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def default_uri(cwd: str | None = None) -> str:
-    """``sqlite:///<abs cwd>/mlflow.db`` — absolute, so every job of a sweep writes the same store."""
-    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
 def git_sha() -> str:

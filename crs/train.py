@@ -19,12 +19,9 @@ signal or a crash still writes the samples and a partial summary).
 from __future__ import annotations
 
 import json
-import logging
-import os
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,47 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from crs.assemble import _sample_steps, grpo_args, load_model, resolve_model_path, set_threads
 from crs.config import register_configs, validate
 from crs.errors import ConfigError
+from crs.locations import CONF_DIR
+from crs.quiet import quiet, quiet_env  # noqa: F401  (re-exported for scripts)
 from crs.runs import signals
 from crs.runs.signals import JobKilled  # noqa: F401  (re-exported)
 from crs.summary import _heatmap_histories, save_partial, summarize
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def quiet_env() -> None:
-    """Environment switches that must be set before the libraries are imported."""
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")  # crs logs to MLflow itself
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # a tracking server that went away must fail a run in seconds, not stall it in retries for minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
-def quiet() -> None:
-    """Silence what a user cannot act on: hub telemetry, experimental/deprecation chatter, INFO logs."""
-    quiet_env()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
-    for name in ("mlflow", "alembic", "urllib3", "datasets", "httpx"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def _hydra_context() -> dict[str, Any]:
@@ -151,10 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from crs.runs.preflight import check_resources
 
     adopt_slurm_tasks()  # a SLURM job's tasks are its processes (crs/runs/distributed.py)
-    validate(cfg)  # one clear error before anything heavy happens
-    from crs.envs.turns import check_benchmark
-
-    check_benchmark(cfg.method.credit, cfg.benchmark.name)
+    credit = validate(cfg)  # one clear error before anything heavy happens; the run's credit chain
     check_resources(cfg)  # model path, data files, tracking store
     quiet()
     from crs.assemble import wants_cuda
@@ -250,7 +208,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             tracker.log_artifacts(output_dir / ".hydra", "hydra")
         else:
             tracker.log_artifacts(output_dir / ".hydra", f"hydra/resume-{plan.marker['resumed']}")
-        summary = _train(cfg, ctx, tracker, home, t0, plan, key)
+        summary = _train(cfg, ctx, tracker, home, t0, plan, key, credit)
         if not cfg.runs.keep_on_finish:
             import shutil
 
@@ -304,17 +262,23 @@ def _record_nonfinite(tracker, err: BaseException) -> None:
 
 
 def _train(
-    cfg: DictConfig, ctx: dict[str, Any], tracker, output_dir: Path, t0: float, plan=None, key: str = ""
+    cfg: DictConfig,
+    ctx: dict[str, Any],
+    tracker,
+    output_dir: Path,
+    t0: float,
+    plan=None,
+    key: str = "",
+    credit=None,
 ) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback, set_seed
 
     from crs.benchmarks import build_benchmark
-    from crs.credit import CreditChain
     from crs.progress import RichProgressCallback, console, summary_table
     from crs.runs.distributed import Processes
     from crs.schedules import schedule_from_cfg
-    from crs.trainer import CreditGRPOTrainer
+    from crs.trainers import trainer_class
 
     procs = Processes.from_env()
     main = procs.main
@@ -354,14 +318,14 @@ def _train(
     eval_ds = bench.eval.select(range(min(cfg.trainer.eval_prompts, len(bench.eval))))
     from crs.steps.hook import StepHook
 
-    credit = CreditChain(cfg.method.credit)
+    credit = credit if credit is not None else validate(cfg)  # built once per run
     step_hook = StepHook(credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir)
-    from crs.steps.retry import R3LRetry
-
-    retry = None
-    if R3LRetry.wanted(credit):  # R³L reflect-then-retry rollouts (crs/steps/retry.py)
-        retry = R3LRetry(credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir)
-    trainer = CreditGRPOTrainer(
+    rollouts = None
+    for method, _ in credit.hooked("rollouts"):  # a method that generates its own rollouts (R³L)
+        rollouts = method.rollouts(
+            credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir
+        )
+    trainer = trainer_class(cfg.trainer.kind)(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -381,7 +345,7 @@ def _train(
         environment_factory=bench.info.get("environment_factory"),  # multi-turn benchmarks (crs/envs)
         generation=cfg.trainer.generation,
         opmd_tau=cfg.trainer.opmd_tau if cfg.trainer.loss_type == "opmd" else None,
-        retry=retry,
+        rollouts=rollouts,
     )
     trainer.remove_callback(PrinterCallback)
     cb = tracker.callback()
@@ -403,7 +367,7 @@ def _train(
         trainer.add_callback(checkpoint_callback(trainer, plan, key, cfg.runs.keep, tracker, ckpt_state))
     from crs.naming import driven_knobs
 
-    knobs = driven_knobs(cfg.method.credit)
+    knobs = driven_knobs(credit)
     choices = ctx.get("choices", {})
     schedule = choices.get("schedule", cfg.schedule.name) if knobs else "none"
     title = f"{choices.get('method', cfg.method.name)} × {schedule} (seed {cfg.seed})"

@@ -65,5 +65,5 @@ fi
 ROUNDS=3; [ -n "$QUICK" ] && ROUNDS=1
 BUDGET=$(( ${DEADLINE:-570} - SECONDS )); [ $BUDGET -lt 60 ] && BUDGET=60
 echo "bench: $ROUNDS rounds at most, budget ${BUDGET} s"
-$PY -m crs.bench --device cuda --model 180m --batch 128 --tokens 256 --precision bf16 \
+$PY -m crs.perf --device cuda --model 180m --batch 128 --tokens 256 --precision bf16 \
   --variants trl,grpo,grpo+static --rounds $ROUNDS --steps 4 --budget-s $BUDGET --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"

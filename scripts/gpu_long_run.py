@@ -22,7 +22,7 @@ import time
 import torch
 from trl.trainer.utils import pad
 
-import crs.trainer as T
+import crs.trainers.grpo as T
 from crs.cli import compose
 from crs.train import train
 

@@ -41,7 +41,7 @@ def test_registered_and_conforms():
     assert {"prompt", "answer"} <= set(b.train.column_names) and {"prompt", "answer"} <= set(
         b.eval.column_names
     )
-    assert b.reward_funcs == [correctness_reward] and b.verify is verify and b.step_scores is step_scores
+    assert b.reward_funcs == [correctness_reward] and b.verify is verify
     assert b.train[0]["prompt"].startswith("Q: ") and b.train[0]["prompt"].endswith("\nA:")
 
 

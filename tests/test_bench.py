@@ -1,11 +1,11 @@
-"""crs.bench's bookkeeping: variant parsing and paired per-round ratios (no training here; `make bench`
+"""crs.perf's bookkeeping: variant parsing and paired per-round ratios (no training here; `make bench`
 and scripts/gpu_check.sh run the real thing)."""
 
 import argparse
 
 import pytest
 
-from crs.bench import PHASES, parse_variant, summarize
+from crs.perf import PHASES, parse_variant, summarize
 
 
 def test_variants_parse_and_bad_ones_fail():

@@ -26,7 +26,14 @@ GROUPS = ["method", "schedule", "loss", "model", "benchmark", "trainer", "tracki
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda x: str(x))
 def test_every_option_composes_and_validates(group, option):
-    cfg = compose([f"{group}={option}"])
+    from crs.methods import METHODS
+
+    extra = []
+    if group == "method":  # turn methods validate on an environment (single-turn is refused up front)
+        credit = OmegaConf.load(CONF / "method" / f"{option}.yaml").get("credit") or {}
+        if any(n in METHODS and "single_turn" not in METHODS[n].benchmarks for n in credit):
+            extra = ["benchmark=maze"]
+    cfg = compose([f"{group}={option}", *extra])
     validate(cfg)
     OmegaConf.to_container(cfg.method, resolve=True)
 

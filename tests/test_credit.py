@@ -14,9 +14,7 @@ import torch
 from torch.testing import assert_close
 
 from crs.credit import (
-    CREDIT,
     CreditBatch,
-    CreditChain,
     adora_advantageous,
     entropy_shaped_advantages,
     fold_token_weights,
@@ -27,6 +25,8 @@ from crs.credit import (
     tp_suffix_mask,
 )
 from crs.errors import ConfigError
+from crs.methods import METHODS as CREDIT
+from crs.methods.chain import CreditChain
 
 
 def f32(x) -> torch.Tensor:
@@ -594,7 +594,7 @@ FORKING = {
 def test_chain_drive_forking_keep_is_one_minus_rho(rho, keep):
     chain = CreditChain(FORKING)
     [(planned, args)] = chain.args_at(rho)
-    assert planned.step.name == "forking_tokens"
+    assert planned.method.name == "forking_tokens"
     assert_close(args["keep_fraction"], keep, rtol=0.0, atol=1e-12)
     # undriven arguments: configured value or the step's default
     assert args["selection"] == "per_sequence" and args["normalize"] == "selected"
@@ -617,10 +617,10 @@ def test_chain_drive_other_knobs():
     assert_close(knobs["tp_schedule/withhold"], 0.5, rtol=0.0, atol=1e-12)
     assert_close(knobs["adora/lam"], 0.55, rtol=0.0, atol=1e-12)  # 1 + (0.1 − 1)·0.5
     assert_close(knobs["focal_grpo/gamma"], 1.0, rtol=0.0, atol=1e-12)
-    args = dict((p.step.name, a) for p, a in chain.args_at(0.5))
+    args = dict((p.method.name, a) for p, a in chain.args_at(0.5))
     assert args["entropy_adv"] == {"alpha": 0.4, "kappa": 2.0, "strength": 1.0}
     # steps keep config order
-    assert [p.step.name for p, _ in chain.args_at(0.5)] == [
+    assert [p.method.name for p, _ in chain.args_at(0.5)] == [
         "tp_schedule",
         "adora",
         "focal_grpo",
@@ -630,21 +630,18 @@ def test_chain_drive_other_knobs():
     assert chain.has_mask_phase and chain.has_advantage_phase
 
 
-def test_chain_suffix_reward_withhold():
+def test_chain_verifier_cut():
     chain = CreditChain(
         {"tp_schedule": {"withhold": 1.0, "reward_on": "suffix", "drive": {"knob": "withhold"}}}
     )
-    assert_close(chain.suffix_reward_withhold(0.3), 0.3, rtol=0.0, atol=1e-12)
+    assert_close(chain.verifier_cut(0.3), 0.3, rtol=0.0, atol=1e-12)
     # suffix is the default (the released code); full never cuts
     assert (
-        CreditChain({"tp_schedule": {"withhold": 1.0}}).suffix_reward_withhold(0.3) == 1.0
+        CreditChain({"tp_schedule": {"withhold": 1.0}}).verifier_cut(0.3) == 1.0
     )  # undriven: the value itself
     driven = {"withhold": 1.0, "drive": {"knob": "withhold", "neutral": 0.0}}
-    assert_close(CreditChain({"tp_schedule": driven}).suffix_reward_withhold(0.3), 0.3, rtol=0.0, atol=1e-12)
-    assert (
-        CreditChain({"tp_schedule": {"withhold": 1.0, "reward_on": "full"}}).suffix_reward_withhold(0.3)
-        is None
-    )
+    assert_close(CreditChain({"tp_schedule": driven}).verifier_cut(0.3), 0.3, rtol=0.0, atol=1e-12)
+    assert CreditChain({"tp_schedule": {"withhold": 1.0, "reward_on": "full"}}).verifier_cut(0.3) is None
 
 
 CHAIN = {

@@ -129,10 +129,10 @@ def calc_policy(tmp_path_factory):
 def _trainer(path, cfg, credit, tmp_path, **overrides):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from crs.credit import CreditChain
     from crs.envs.chat import ensure_response_template
+    from crs.methods.chain import CreditChain
     from crs.testing import cpu_grpo_config
-    from crs.trainer import CreditGRPOTrainer
+    from crs.trainers.grpo import CreditGRPOTrainer
 
     bench = build_benchmark(cfg, 0)
     tok = ensure_response_template(AutoTokenizer.from_pretrained(path))

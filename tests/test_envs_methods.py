@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from crs.envs.base import StepRecord
-from crs.envs.gigpo import gigpo_advantages
-from crs.envs.matchtir import assign, call_similarity, match_rewards, matchtir_advantages, turn_rewards
 from crs.envs.turns import (
     TurnBatch,
     broadcast_turns,
@@ -20,6 +18,8 @@ from crs.envs.turns import (
     steps_to_turns,
     turn_index,
 )
+from crs.methods.gigpo import gigpo_advantages
+from crs.methods.matchtir import assign, call_similarity, match_rewards, matchtir_advantages, turn_rewards
 
 
 def _turns(anchors, rewards, valid=None, outcome=None, group_size=2, calls=None, gold=None, success=None):
@@ -269,7 +269,7 @@ def test_matchtir_turn_rewards_and_dual_advantage():
 
 
 def test_a2tgpo_turn_group_norm_accumulation_and_clip():
-    from crs.envs.a2tgpo import (
+    from crs.methods.a2tgpo import (
         a2tgpo_advantages,
         clip_scale,
         rescaled_accumulation,
@@ -309,7 +309,7 @@ def test_a2tgpo_turn_group_norm_accumulation_and_clip():
 
 
 def test_r3l_pivot_mask_trains_only_the_diverging_suffix():
-    from crs.envs.r3l import pivot_suffix_mask, pivot_token_mask
+    from crs.methods.r3l.masks import pivot_suffix_mask, pivot_token_mask
 
     # first attempt and retry share turn 0 (pivot = 1): turn 0 is masked in BOTH, tool tokens stay 0
     first = torch.tensor([[1, 1, 0, 0, 1, 1, 0, 1, 0]])

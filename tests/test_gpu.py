@@ -30,13 +30,15 @@ def _single_turn_methods() -> list[str]:
     MatchTIR) need a multi-turn environment and its own warm-started policy (tests/test_envs*.py)."""
     import yaml
 
-    import crs.envs.methods  # noqa: F401  (registers the turn methods)
-    from crs.envs.turns import TURN_METHODS
+    import crs.methods  # noqa: F401  (the method table)
+    from crs.methods import METHODS
+
+    turn_methods = {n for n, m in METHODS.items() if m.turn_credit is not None}
 
     out = []
     for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "method").glob("*.yaml")):
         credit = (yaml.safe_load(path.read_text()) or {}).get("credit") or {}
-        if not set(credit) & set(TURN_METHODS):
+        if not set(credit) & turn_methods:
             out.append(path.stem)
     return out
 
@@ -155,9 +157,9 @@ def test_static_decoder_graph_under_bf16_autocast_in_the_trainer(tiny_model_dir,
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from crs.credit import CreditChain
+    from crs.methods.chain import CreditChain
     from crs.testing import cpu_grpo_config
-    from crs.trainer import CreditGRPOTrainer
+    from crs.trainers.grpo import CreditGRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.padding_side = "left"

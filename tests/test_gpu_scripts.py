@@ -2,7 +2,7 @@
 the sessions that are lent a GPU (15 minutes of device time each: a script that breaks on an argument
 it was never run with here spends them). Each part runs here as the script calls it, shrunk:
 
-* ``python -m crs.bench`` (the side-by-side plain TRL / crs / crs static benchmark) end to end on the
+* ``python -m crs.perf`` (the side-by-side plain TRL / crs / crs static benchmark) end to end on the
   tiny model, writing the JSON the note quotes;
 * ``scripts/gpu_long_run.py`` (a default run under a finiteness watch) for a few steps, with both rollout
   engines, down to its ``RESULT`` line;
@@ -28,7 +28,7 @@ def _run(args, timeout=300):
 def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
     p = _run(
-        [sys.executable, "-m", "crs.bench", "--device", "cpu", "--model", "tiny", "--steps", "3", "--warmup", "1",
+        [sys.executable, "-m", "crs.perf", "--device", "cpu", "--model", "tiny", "--steps", "3", "--warmup", "1",
          "--batch", "8", "--tokens", "8", "--rounds", "2", "--variants", "trl,grpo+static", "--json", str(out)]
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
@@ -49,7 +49,7 @@ def test_bench_runs_end_to_end_and_writes_its_json(tmp_path):
 def test_bench_keeps_its_complete_rounds_when_its_budget_runs_out(tmp_path):
     out = tmp_path / "bench.json"
     p = _run(
-        [sys.executable, "-m", "crs.bench", "--device", "cpu", "--model", "tiny", "--steps", "2", "--warmup", "1",
+        [sys.executable, "-m", "crs.perf", "--device", "cpu", "--model", "tiny", "--steps", "2", "--warmup", "1",
          "--batch", "8", "--tokens", "8", "--rounds", "5", "--variants", "trl,grpo", "--budget-s", "0.001",
          "--json", str(out)]
     )  # fmt: skip

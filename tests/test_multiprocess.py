@@ -24,9 +24,9 @@ from datasets import Dataset
 from helpers.policy import policy_logps_and_entropies
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from crs.credit import CreditChain
+from crs.methods.chain import CreditChain
 from crs.testing import cpu_grpo_config
-from crs.trainer import CreditGRPOTrainer
+from crs.trainers.grpo import CreditGRPOTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_step_hook_on_two_processes_equals_one(tiny_model_dir, tmp_path, method)
 
     from crs.benchmarks import build_benchmark
     from crs.cli import compose
-    from crs.credit import CreditChain
+    from crs.methods.chain import CreditChain
     from crs.steps.hook import StepHook
 
     overrides = [f"method={method}", "benchmark=bifurcation_easy", "debug=fast", "method.steps.scorer=rule"]

@@ -1,4 +1,4 @@
-"""R³L reflect-then-retry (crs/steps/retry.py) and its pivotal credit (crs/envs/r3l.py ``r3l`` step).
+"""R³L reflect-then-retry (crs/methods/r3l/single_turn.py) and its pivotal credit (crs/methods/r3l/ ``r3l`` step).
 
 Golden: the slot assignment on a hand-made batch, pivot positions, the splice, the mask step. Trainer
 (tiny model, real TRL generation, the arithmetic verifier): a retry row is exactly prompt ⊕ first
@@ -23,12 +23,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from crs.benchmarks import build_benchmark
-from crs.credit import CreditBatch, CreditChain, r3l_amplify
-from crs.envs.r3l import pivot_token_mask
-from crs.steps.retry import R3LRetry, assign_retries, pivot_rows, splice, step_start
+from crs.credit import CreditBatch
+from crs.methods.chain import CreditChain
+from crs.methods.r3l import R3LRollouts as R3LRetry
+from crs.methods.r3l.masks import pivot_token_mask
+from crs.methods.r3l.single_turn import assign_retries, pivot_rows, splice, step_start
+from crs.methods.r3l_amplify import r3l_amplify
 from crs.steps.scorers import StepScorer
 from crs.testing import cpu_grpo_config
-from crs.trainer import CreditGRPOTrainer
+from crs.trainers.grpo import CreditGRPOTrainer
 
 # ------------------------------------------------------------------------------------------------ golden
 
@@ -145,7 +148,7 @@ def rollout(model_and_tok, tmp_path_factory):
         processing_class=tok,
         credit=chain,
         schedule=lambda p: 1.0,
-        retry=retry,
+        rollouts=retry,
     )
     tr.model.train()
     tr.current_gradient_accumulation_steps = 1
@@ -249,7 +252,8 @@ def test_prefix_tokens_get_exactly_zero_gradient(rollout):
 def test_turn_verifiers_and_turn_layout_helpers():
     from crs.envs.base import StepRecord
     from crs.envs.maze import MazeConfig, MazeEnv
-    from crs.envs.retry import calc_first_wrong, maze_first_wrong, pivot_turn, prefix_messages, turn_start
+    from crs.envs.verifiers import calc_first_wrong, maze_first_wrong
+    from crs.methods.r3l.episodes import pivot_turn, prefix_messages, turn_start
 
     env = MazeEnv(MazeConfig())
     env.reset(task=3)
@@ -300,7 +304,7 @@ def second_call_wrong(env, steps):
 def env_rollout(calc_policy, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from crs.envs import retry as env_retry
+    from crs.envs import verifiers as env_retry
     from crs.envs.chat import ensure_response_template
 
     path, cfg = calc_policy
@@ -320,7 +324,7 @@ def env_rollout(calc_policy, tmp_path_factory):
         credit=chain,
         schedule=lambda p: 1.0,
         environment_factory=bench.info["environment_factory"],
-        retry=retry,
+        rollouts=retry,
     )
     tr.model.train()
     tr.current_gradient_accumulation_steps = 1

@@ -163,9 +163,9 @@ def test_trainer_generates_with_the_static_decoder(tiny_model_dir, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from crs.credit import CreditChain
+    from crs.methods.chain import CreditChain
     from crs.testing import cpu_grpo_config
-    from crs.trainer import CreditGRPOTrainer
+    from crs.trainers.grpo import CreditGRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.padding_side = "left"

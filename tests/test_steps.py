@@ -17,9 +17,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from crs.steps.capo import capo_advantages, capo_token_rewards, vote
-from crs.steps.oprl import batch_max_norm, dpo_pair_loss, step_advantages, step_log_ratios, trajectory_scores
-from crs.steps.pure import pure_advantages, softmin_step_rewards, token_baseline
+from crs.methods.capo import capo_advantages, capo_token_rewards
+from crs.methods.oprl import batch_max_norm, step_advantages
+from crs.methods.pure import pure_advantages, softmin_step_rewards, token_baseline
+from crs.steps.implicit import dpo_pair_loss, step_log_ratios, trajectory_scores
+from crs.steps.scorers import vote
 from crs.steps.segment import segment_batch, segment_ids
 
 SEP = frozenset({9})
@@ -303,7 +305,8 @@ def test_localization_share_on_a_known_batch():
 
 
 def test_step_methods_mix_token_features_and_fall_back_without_them():
-    from crs.credit import CreditBatch, CreditChain
+    from crs.credit import CreditBatch
+    from crs.methods.chain import CreditChain
 
     mask = MASK.float()
     feat = torch.arange(12, dtype=torch.float32).view(2, 6)
@@ -330,8 +333,8 @@ def test_step_methods_mix_token_features_and_fall_back_without_them():
     ],
 )
 def test_bad_step_method_arguments_fail_at_config_time(credit, msg):
-    from crs.credit import CreditChain
     from crs.errors import ConfigError
+    from crs.methods.chain import CreditChain
 
     with pytest.raises(ConfigError, match=msg):
         CreditChain(credit)

@@ -19,10 +19,10 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from crs.benchmarks import build_benchmark
-from crs.credit import CreditChain
+from crs.methods.chain import CreditChain
 from crs.steps.hook import StepHook
 from crs.testing import cpu_grpo_config
-from crs.trainer import CreditGRPOTrainer
+from crs.trainers.grpo import CreditGRPOTrainer
 
 
 def varied_reward(completion_ids, **kwargs):

@@ -31,9 +31,9 @@ from helpers.policy import policy_logps_and_entropies
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
-from crs.credit import CreditChain
+from crs.methods.chain import CreditChain
 from crs.testing import cpu_grpo_config
-from crs.trainer import CreditGRPOTrainer
+from crs.trainers.grpo import CreditGRPOTrainer
 
 
 def varied_reward(completion_ids, **kwargs):

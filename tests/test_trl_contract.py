@@ -3,7 +3,7 @@
 crs overrides ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss``,
 ``_get_per_token_logps_and_entropies``, (``trainer.generation=static``, R³L) ``_generate_single_turn`` and
 (R³L on environments) ``_generate``, and depends on the order of operations inside ``_compute_loss``.
-If this file fails after upgrading trl, re-read crs/trainer.py against the new grpo_trainer.py
+If this file fails after upgrading trl, re-read crs/trainers/grpo.py against the new grpo_trainer.py
 before relaxing anything here.
 
     pytest tests/test_trl_contract.py
@@ -89,7 +89,7 @@ def test_exactly_one_grpo_subclass_in_crs():
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, GRPOTrainer) and obj is not GRPOTrainer and obj.__module__ == mod.name:
                 subclasses.append(f"{mod.name}.{obj.__name__}")
-    assert subclasses == ["crs.trainer.CreditGRPOTrainer"]
+    assert subclasses == ["crs.trainers.grpo.CreditGRPOTrainer"]
 
 
 def test_single_turn_generation_contract():
@@ -116,7 +116,7 @@ def test_single_turn_generation_contract():
 
 
 def test_r3l_retry_generation_contract():
-    """R³L (crs/steps/retry.py, crs/envs/retry.py) wraps ``_generate`` and re-enters TRL's tool loop for
+    """R³L (crs/methods/r3l/single_turn.py, crs/methods/r3l/episodes.py) wraps ``_generate`` and re-enters TRL's tool loop for
     retries: ``_generate``'s 8-tuple, ``_tool_call_loop``'s arguments and results, and the per-rollout
     tool state (``_sync_tool_dicts``/``_async_tool_dicts`` indexed by batch position, ``_env_tools``,
     ``_batch_environments``) it swaps and reads."""

@@ -128,16 +128,18 @@ def test_planted_secrets_never_reach_the_store_or_the_output_folder(compose_cfg,
 
 
 def test_non_finite_advantages_stop_the_run_failed_with_the_step(compose_cfg, tmp_path):
-    from crs.credit import CREDIT, CreditBatch, register_credit
+    from crs.credit import CreditBatch, Method
+    from crs.methods import METHODS, register
     from crs.runs.guard import NonFiniteError
     from crs.train import train
 
-    if "nan_after" not in CREDIT:
+    if "nan_after" not in METHODS:
 
-        @register_credit("nan_after", ranges={"step": "[0, inf)"})
         def nan_after(batch: CreditBatch, step: float = 0.0) -> CreditBatch:
             """Test-only: NaN advantages (a method whose math broke)."""
             return batch.replace(advantages=batch.advantages * float("nan"))
+
+        register(Method("nan_after", nan_after, ranges={"step": "[0, inf)"}))
 
     cfg = compose_cfg("debug=fast", "+method.credit.nan_after={}", "runs.checkpoint_every=1")
     with pytest.raises(NonFiniteError, match="non-finite credit advantages at step 1"):

@@ -12,8 +12,8 @@ import pytest
 
 from crs.cli import compose
 from crs.config import validate
-from crs.credit import CREDIT
 from crs.errors import ConfigError
+from crs.methods import METHODS as CREDIT
 from crs.ranges import Interval, check_range
 
 
@@ -85,6 +85,6 @@ def test_int_refuses_several_processes_before_any_model_loads(monkeypatch):
 
 
 def test_step_methods_on_environments_are_oprl_per_turn_only():
-    with pytest.raises(ConfigError, match="only oprl"):
+    with pytest.raises(ConfigError, match="runs on single-turn benchmarks.*oprl"):
         validate(compose(["method=pure", "benchmark=maze"]))
     validate(compose(["method=oprl", "benchmark=maze"]))

@@ -35,8 +35,6 @@ class Benchmark:
         reward_funcs: TRL reward functions; the first one is the verifier (1.0 = correct).
         verify: ``verify(completion_text, answer) -> bool`` strict final-answer check.
         sft: optional ``(n, seed) -> Dataset`` of prompt/completion pairs for warm-starting.
-        step_scores: optional ``(completion_text, row) -> list[(char_start, char_end, score)]`` for
-            process-level credit (PURE/CAPO-style) where the task can check intermediate steps.
         decisive: optional ``(completion_text, row) -> list[(char_start, char_end)]``: the characters
             that decide success (controlled bifurcation tasks, :mod:`crs.benchmarks.bifurcation`);
             enables the credit-localization metrics (:mod:`crs.steps.localization`).
@@ -48,12 +46,27 @@ class Benchmark:
     reward_funcs: list[Callable[..., list[float | None]]]
     verify: Callable[[str, str], bool]
     sft: Callable[[int, int], Dataset] | None = None
-    step_scores: Callable[..., list[tuple[int, int, float]]] | None = None
     decisive: Callable[..., list[tuple[int, int]]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
 BENCHMARKS: dict[str, Callable[[Mapping[str, Any], int], Benchmark]] = {}
+
+# The one list of built-in benchmarks: name -> (module that registers it, multi-turn environment?).
+# Modules are imported on first use (``crs --help`` and config errors stay fast); a new benchmark or
+# environment is its module + a line here + its yaml in conf/benchmark/.
+BUILTIN: dict[str, tuple[str, bool]] = {
+    "arithmetic": ("crs.benchmarks.arithmetic", False),
+    "bifurcation": ("crs.benchmarks.bifurcation", False),
+    "hf": ("crs.benchmarks.hf", False),
+    "maze": ("crs.envs.maze", True),
+    "calc_tool": ("crs.envs.calc", True),
+}
+
+
+def is_multi_turn(name: str | None) -> bool:
+    """Whether benchmark ``name`` is a multi-turn environment (TRL ``environment_factory``)."""
+    return name in BUILTIN and BUILTIN[name][1]
 
 
 def register_benchmark(name: str):
@@ -69,23 +82,15 @@ def register_benchmark(name: str):
 
 
 def get_benchmark(name: str) -> Callable[[Mapping[str, Any], int], Benchmark]:
-    _import_builtin()
+    if name not in BENCHMARKS and name in BUILTIN:
+        import importlib
+
+        importlib.import_module(BUILTIN[name][0])  # registers it
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(set(BENCHMARKS) | set(BUILTIN))}")
     return BENCHMARKS[name]
 
 
 def build_benchmark(cfg: Mapping[str, Any], seed: int) -> Benchmark:
     """Build the benchmark named ``cfg['name']`` with the run's seed."""
     return get_benchmark(cfg["name"])(cfg, seed)
-
-
-def _import_builtin() -> None:
-    # importing registers; kept lazy so `crs --help` stays fast
-    from crs.benchmarks import arithmetic, bifurcation  # noqa: F401
-    from crs.envs import benchmarks as _envs  # noqa: F401  (multi-turn environments: maze, calc_tool)
-
-    try:
-        from crs.benchmarks import hf  # noqa: F401
-    except ImportError:  # pragma: no cover - module added later
-        pass

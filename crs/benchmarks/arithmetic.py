@@ -446,7 +446,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Benchmark:
 
     Returns:
         :class:`~crs.benchmarks.Benchmark` with ``prompt``/``answer`` columns, ``[correctness_reward]``,
-        :func:`verify`, an ``sft(n, seed, error_rate=0.0)`` factory and :func:`step_scores`.
+        :func:`verify`, an ``sft(n, seed, error_rate=0.0)`` factory (:func:`step_scores` is the rule verifier's basis).
     """
     acfg = ArithmeticConfig.from_mapping(cfg)
     ev = eval_problems(acfg)
@@ -458,6 +458,5 @@ def build(cfg: Mapping[str, Any], seed: int) -> Benchmark:
         reward_funcs=[correctness_reward],
         verify=verify,
         sft=functools.partial(sft_dataset, cfg=acfg),
-        step_scores=step_scores,
         info={"config": asdict(acfg), "format": PROMPT_TEMPLATE},
     )

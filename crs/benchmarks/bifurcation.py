@@ -104,7 +104,6 @@ def build(cfg: Mapping[str, Any], seed: int) -> Benchmark:
         reward_funcs=[first_step_reward],
         verify=verify,
         sft=functools.partial(sft_dataset, cfg=acfg),
-        step_scores=step_scores,
         decisive=decisive_spans,
         info={"config": asdict(acfg), "format": PROMPT_TEMPLATE, "decisive": "digits of the first result"},
     )

@@ -23,7 +23,7 @@ from datasets import Dataset
 from crs.benchmarks import Benchmark, register_benchmark
 from crs.errors import ConfigError
 
-_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def reference_answer(raw: Any, answer_format: str) -> str:
@@ -77,11 +77,11 @@ def _load_split(cfg: Mapping[str, Any], split: str) -> Dataset:
 
     path = str(cfg["path"])
     try:
-        if "{split}" in path or Path(path).suffix in _FILE_BUILDERS:
+        if "{split}" in path or Path(path).suffix in FILE_BUILDERS:
             file = path.format(split=split)
             if not Path(file).exists():
                 raise ConfigError(f"benchmark.path: no such file {file!r}")
-            return load_dataset(_FILE_BUILDERS[Path(file).suffix], data_files={split: file}, split=split)
+            return load_dataset(FILE_BUILDERS[Path(file).suffix], data_files={split: file}, split=split)
         # a local folder has no hub configs (gsm8k's "main"): its files are the splits
         subset = None if Path(path).is_dir() else cfg.get("subset")
         return load_dataset(path, subset, split=split)

@@ -95,7 +95,7 @@ def resolve(args: argparse.Namespace) -> Selection:
 
     uri = args.uri
     if args.sweep:
-        from crs.sweep import SWEEP_FILE, read_parent
+        from crs.runs.parent import SWEEP_FILE, read_parent
 
         path = Path(args.sweep).expanduser()
         if path.name == SWEEP_FILE and path.is_file():

@@ -4,11 +4,11 @@ read by credit steps through ``CreditBatch.features``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from torch import Tensor
 
-from crs.credit.primitives import adora_advantageous, group_stats
+from crs.credit.primitives import group_stats
 
 FEATURES: dict[str, Callable[..., Tensor]] = {}
 
@@ -21,18 +21,14 @@ def register_feature(name: str):
     return deco
 
 
-@register_feature("adora_tas")
-def _feature_adora_tas(base: Mapping[str, Tensor], group_size: int) -> Tensor:
-    return adora_advantageous(base["success"], base["length"], base["truncated"], group_size)
-
-
 def rollout_features(
     rewards: Tensor, success: Tensor, lengths: Tensor, truncated: Tensor, group_size: int, extra: set[str]
 ) -> dict[str, Tensor]:
     """Per-row features of a gathered rollout batch ``[N]`` (groups contiguous).
 
     Always: ``reward``, ``group_mean``, ``group_std``, ``group_success``, ``success``, ``length``,
-    ``truncated``; plus the registered features named in ``extra``.
+    ``truncated``; plus the registered features named in ``extra`` (a method module registers its own,
+    e.g. ADORA's criterion).
     """
     mean, std = group_stats(rewards, group_size)
     succ_rate, _ = group_stats(success.float(), group_size)

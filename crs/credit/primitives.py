@@ -1,5 +1,5 @@
 """The pure tensor math of the token- and group-level credit methods (each function has a golden test in
-``tests/test_credit.py``); :mod:`crs.credit.methods` adapts them to :class:`~crs.credit.registry.CreditBatch`.
+``tests/test_credit.py``); the method modules of :mod:`crs.methods` adapt them to :class:`~crs.credit.method.CreditBatch`.
 """
 
 from __future__ import annotations
@@ -187,3 +187,8 @@ def fold_token_weights(
         total = w.sum()
         factor = mask.sum() / total if total > 0 else torch.zeros((), device=w.device)
     return out * factor
+
+
+def scale_rows(adv: Tensor, scale: Tensor) -> Tensor:
+    """Multiply ``[B]`` or ``[B,T]`` advantages by a per-row ``[B]`` scale."""
+    return adv * (scale if adv.dim() == 1 else scale.unsqueeze(1))

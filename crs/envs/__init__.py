@@ -1,4 +1,4 @@
-"""Multi-turn environments on TRL's ``environment_factory`` API, and the turn-level credit methods.
+"""Multi-turn environments on TRL's ``environment_factory`` API: the substrate turn-level methods build on.
 
 crs is single-turn by default; this package adds agents. An *environment benchmark* is a normal
 :class:`~crs.benchmarks.Benchmark` whose ``info["environment_factory"]`` TRL 1.16's ``GRPOTrainer``
@@ -13,7 +13,11 @@ completion and masked from the loss through TRL's ``tool_mask``. Pieces:
 - :mod:`crs.envs.policy` — warm-started tiny policies, built on first use and cached;
 - :mod:`crs.envs.turns` — turn structure of a rollout batch (turn spans, anchors, calls, rewards) and
   the rollout-time hook the trainer calls; per-turn metrics (``env/*``);
-- :mod:`crs.envs.gigpo`, :mod:`crs.envs.matchtir`, :mod:`crs.envs.a2tgpo`, :mod:`crs.envs.r3l` — methods.
+- :mod:`crs.envs.verifiers` — exact turn verifiers (where an episode first went wrong).
+
+The turn-level methods that use this package (GiGPO, A²TGPO, MatchTIR, R³L) live in :mod:`crs.methods`.
+A new environment is **three files**: its module here (a :class:`TurnEnv` and a ``build`` registered with
+``@register_benchmark``), one line in :data:`crs.benchmarks.BUILTIN`, and ``conf/benchmark/<name>.yaml``.
 
     crs train benchmark=maze method=gigpo
     crs train benchmark=calc_tool method=matchtir
@@ -22,12 +26,6 @@ completion and masked from the loss through TRL's ``tool_mask``. Pieces:
 from __future__ import annotations
 
 from typing import Any
-
-ENV_BENCHMARKS = ("maze", "calc_tool")
-
-
-def is_env_benchmark(name: str | None) -> bool:
-    return name in ENV_BENCHMARKS
 
 
 def default_bench_cfg(name: str) -> dict[str, Any]:

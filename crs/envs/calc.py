@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crs.benchmarks import register_benchmark
 from crs.envs.base import StepRecord, TurnEnv
 
 OPS = {"+": "add", "-": "sub", "*": "mul"}
@@ -185,6 +186,7 @@ def _problems(cfg: CalcConfig, n: int, tag: str, exclude: set[str] | None = None
     return out
 
 
+@register_benchmark("calc_tool")
 def build(cfg_map: Mapping[str, Any], seed: int):
     from datasets import Dataset
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crs.benchmarks import register_benchmark
 from crs.envs.base import StepRecord, TurnEnv
 
 DIRS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -247,6 +248,7 @@ def step_cost(environments: list[MazeEnv] | None = None, **kw) -> list[float]:
 step_cost.__name__ = "maze_steps"
 
 
+@register_benchmark("maze")
 def build(cfg_map: Mapping[str, Any], seed: int):
     from datasets import Dataset
 

@@ -11,12 +11,12 @@ turn 1 (with its EOS), the rendered tool result(s) and the next assistant header
   so step j is mapped to that turn (several calls in one turn are summed; steps whose results TRL
   rolled back for length are dropped);
 - a turn's **anchor** = the anchor of its first call (the state *before* it); a text-only turn's anchor is
-  the environment's current observation (methods-turns.md §1.5).
+  the environment's current observation (docs/methods/turns.md §1.5).
 
 The per-turn tensors form a :class:`TurnBatch` over the **gathered** batch (groups contiguous), where
-the registered turn methods (:func:`register_turn_method`) compute ``[N,K]`` turn advantages (and
-optionally clip scales); :func:`turn_hook` broadcasts them to the process's tokens as
-``crs_turn_adv`` / ``crs_turn_clip`` ``[B,T]`` (tool tokens 0). The matching credit step
+the chain's turn method (a :class:`~crs.credit.method.Method` with a ``turn_credit`` hook) computes
+``[N,K]`` turn advantages (and optionally clip scales); :func:`turn_hook` broadcasts them to the process's tokens as
+``crs_turn_adv`` / ``crs_clip_scale`` ``[B,T]`` (tool tokens 0). The matching credit step
 (``method.credit.<name>``, same arguments) then puts them into the loss. Metrics logged every step:
 ``env/turns`` (assistant turns per episode), ``env/tool_calls`` (calls per episode),
 ``env/valid_calls`` (fraction of calls that were legal actions), ``env/success``.
@@ -24,7 +24,6 @@ optionally clip scales); :func:`turn_hook` broadcasts them to the process's toke
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,32 +73,6 @@ class TurnCredit:
     advantages: Tensor
     clip_scale: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TurnMethod:
-    name: str
-    fn: Callable[..., TurnCredit]
-    needs_ig: bool = False
-
-
-TURN_METHODS: dict[str, TurnMethod] = {}
-
-
-def register_turn_method(name: str, *, needs_ig: bool = False):
-    """Register ``fn(turns: TurnBatch, group_size: int, **args) -> TurnCredit`` for the credit step ``name``.
-
-    The credit step of the same name (``crs.credit.register_credit``) declares the arguments (so
-    ``method.credit.<name>`` is validated and schedulable) and puts ``crs_turn_adv`` into the loss.
-    """
-
-    def deco(fn):
-        if name in TURN_METHODS and TURN_METHODS[name].fn is not fn:
-            raise ValueError(f"turn method {name!r} is already registered")
-        TURN_METHODS[name] = TurnMethod(name, fn, needs_ig)
-        return fn
-
-    return deco
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,49 +282,33 @@ def turn_hook(trainer, inputs: list[dict[str, Any]], out: dict[str, Any]) -> dic
     extras["crs_turn_index"] = tok_turn.to(device)
     rho = getattr(trainer, "_crs_rho", None)
     rho = trainer.rho() if rho is None else rho  # fixed once per rollout by the trainer
-    planned = [(p, a) for p, a in trainer.credit.args_at(rho) if p.step.name in TURN_METHODS]
+    planned = trainer.credit.hooked("turn_credit", rho)
     if not planned or mode != "train":
         return extras
     if len(planned) > 1:
-        raise ValueError(f"at most one turn-level method per chain, got {[p.step.name for p, _ in planned]}")
-    p, args = planned[0]
-    method = TURN_METHODS[p.step.name]
-    if method.needs_ig:
-        from crs.envs.a2tgpo import information_gain
-
-        turns.ig = information_gain(trainer, out, rows, tok_turn, off, args.get("ig_type", "log_prob_diff"))
-    credit = method.fn(turns, group, **args)
+        raise ValueError(f"at most one turn-level method per chain, got {[m.name for m, _ in planned]}")
+    method, args = planned[0]
+    if method.turn_prepare is not None:  # extra per-turn quantities (A²TGPO: information gain)
+        method.turn_prepare(trainer, out, rows, tok_turn, off, args, turns)
+    credit = method.turn_credit(turns, group, **args)
     for k, v in credit.metrics.items():
-        metrics[f"credit/{p.step.name}/{k}"].append(float(v))
+        metrics[f"credit/{method.name}/{k}"].append(float(v))
     sl = slice(off, off + local_b)
     extras["crs_turn_adv"] = broadcast_turns(credit.advantages[sl].float(), tok_turn).to(device)
     if credit.clip_scale is not None:
-        extras["crs_turn_clip"] = broadcast_turns(credit.clip_scale[sl].float(), tok_turn, fill=1.0).to(
+        extras["crs_clip_scale"] = broadcast_turns(credit.clip_scale[sl].float(), tok_turn, fill=1.0).to(
             device
         )
     return extras
 
 
-def turn_advantages(batch, name: str):
+def turn_advantages(batch):
     """Shared body of the turn methods' credit steps: replace advantages with the rollout-time ``turn_adv``.
 
     Without an environment rollout (the config-time dry run) the batch is returned unchanged; a real
-    run on a single-turn benchmark is refused earlier (:func:`check_benchmark`).
+    run on a single-turn benchmark is refused earlier (a turn method declares ``benchmarks=("multi_turn",)``).
     """
     adv = batch.features.get("turn_adv") if hasattr(batch.features, "get") else None
     if adv is None:
         return batch
     return batch.replace(advantages=adv.float() * batch.mask)
-
-
-def check_benchmark(method_credit, benchmark_name: str) -> None:
-    """``crs: error`` before any model loads when a turn method runs on a single-turn benchmark."""
-    from crs.envs import is_env_benchmark
-    from crs.errors import ConfigError
-
-    names = [n for n in dict(method_credit or {}) if n in TURN_METHODS]
-    if names and not is_env_benchmark(benchmark_name):
-        raise ConfigError(
-            f"method {names[0]} assigns credit to turns of a multi-turn environment; benchmark={benchmark_name} "
-            f"is single-turn (use benchmark=maze or benchmark=calc_tool)"
-        )

@@ -2,7 +2,7 @@
 
 On a GPU the training step of an RLVR run is mostly generation, and TRL's default (transformers
 ``generate`` with a dynamic KV cache, ``disable_compile=True``) is bound by per-token Python and
-kernel-launch overhead, far above what the card can do (``../shared/docs/gpu.md``: 4.7 s for
+kernel-launch overhead, far above what the card can do (``docs/gpu.md``: 4.7 s for
 128 × 256 tokens of a 180M model on an H200, 1.2 s with a static cache). The options:
 
 ``hf``

@@ -43,52 +43,42 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.sum(t.detach(), dtype=torch.float32)))
 
 
+class FiniteChecks:
+    """The non-finite checks a trainer calls at its own seams (rollout, credit, loss); raise
+    :class:`NonFiniteError` naming the quantity and the optimizer step."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def step(self) -> int:
+        return self.trainer.state.global_step + 1
+
+    def advantages(self, adv) -> None:
+        """TRL's rollout advantages."""
+        if isinstance(adv, torch.Tensor) and not _finite(adv):
+            raise NonFiniteError("advantages", self.step())
+
+    def credit(self, batch) -> None:
+        """The credit chain's output (advantages and token weights)."""
+        for name in ("advantages", "token_weights"):
+            t = getattr(batch, name, None)
+            if isinstance(t, torch.Tensor) and not _finite(t):
+                raise NonFiniteError(f"credit {name}", self.step())
+
+    def loss(self, out) -> None:
+        loss = out[0] if isinstance(out, tuple) else out
+        if isinstance(loss, torch.Tensor) and self.trainer.model.training and not _finite(loss):
+            raise NonFiniteError("loss", self.step(), float(loss.detach().float().sum()))
+
+
 def install_guards(trainer) -> None:
-    """Wire the checks into a :class:`~crs.trainer.CreditGRPOTrainer` instance (no subclass edits)."""
+    """Give a crs trainer its non-finite checks (:class:`FiniteChecks`, called by the trainer itself at
+    rollout, credit and loss), a logit hook on the output head and the gradient/parameter callback."""
 
     def step() -> int:
         return trainer.state.global_step + 1
 
-    def training() -> bool:
-        return trainer.model.training
-
-    # rollout advantages (TRL's) ------------------------------------------------------------------
-    generate = trainer._generate_and_score_completions
-
-    def checked_generate(inputs):
-        out = generate(inputs)
-        adv = out.get("advantages")
-        if isinstance(adv, torch.Tensor) and not _finite(adv):
-            raise NonFiniteError("advantages", step())
-        return out
-
-    trainer._generate_and_score_completions = checked_generate
-
-    # the credit chain's advantages ---------------------------------------------------------------
-    chain = trainer.credit
-    phase = chain.advantage_phase
-
-    def checked_phase(batch, rho):
-        out = phase(batch, rho)
-        for name in ("advantages", "token_weights"):
-            t = getattr(out, name, None)
-            if isinstance(t, torch.Tensor) and not _finite(t):
-                raise NonFiniteError(f"credit {name}", step())
-        return out
-
-    chain.advantage_phase = checked_phase
-
-    # loss ----------------------------------------------------------------------------------------
-    compute_loss = trainer.compute_loss
-
-    def checked_loss(*args, **kwargs):
-        out = compute_loss(*args, **kwargs)
-        loss = out[0] if isinstance(out, tuple) else out
-        if isinstance(loss, torch.Tensor) and training() and not _finite(loss):
-            raise NonFiniteError("loss", step(), float(loss.detach().float().sum()))
-        return out
-
-    trainer.compute_loss = checked_loss
+    trainer.checks = FiniteChecks(trainer)
 
     # logits (training and generation forwards) -----------------------------------------------------
     model = trainer.model

@@ -130,7 +130,7 @@ def close_dead_runs(
             client.set_tag(run.info.run_id, "error", f"ghost: {reason}")
             client.set_tag(run.info.run_id, "crs.ghost", "1")
             client.set_terminated(run.info.run_id, status="KILLED")
-        from crs.sweep import finalize_sweep
+        from crs.runs.parent import finalize_sweep
 
         parents = client.search_runs(
             experiment_ids,
@@ -168,9 +168,9 @@ def runs_main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     from mlflow.tracking import MlflowClient
 
+    from crs.locations import default_uri
     from crs.progress import error_line
     from crs.runs.redact import redact_text, use_clean_uri
-    from crs.tracking import default_uri
 
     uri = use_clean_uri(args.uri or default_uri())
     client = MlflowClient(uri)

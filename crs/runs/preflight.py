@@ -54,10 +54,10 @@ def check_model_path(name_or_path: str | None) -> None:
 
 def _hf_files(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(split, file) pairs of a file-based hf benchmark; [] for hub ids and folders."""
-    from crs.benchmarks.hf import _FILE_BUILDERS
+    from crs.benchmarks.hf import FILE_BUILDERS
 
     path = str(cfg.get("path") or "")
-    if "{split}" not in path and Path(path).suffix not in _FILE_BUILDERS:
+    if "{split}" not in path and Path(path).suffix not in FILE_BUILDERS:
         if Path(path).is_dir():
             return [(p.stem, str(p)) for p in sorted(Path(path).glob("*.jsonl"))]
         return []
@@ -140,7 +140,7 @@ def check_tracking(tracking: Mapping[str, Any], timeout: float = PROBE_TIMEOUT_S
     """The store is reachable and writable, in seconds: a sqlite folder we can write, or a server answering."""
     if tracking.get("name") == "none":
         return
-    from crs.tracking import default_uri
+    from crs.locations import default_uri
 
     uri = tracking.get("uri") or default_uri()
     shown = redact_text(uri)

@@ -1,17 +1,19 @@
-"""Step-level credit: steps, step scorers, and the methods that use them (PURE, CAPO, OPRL, InT, R³L).
+"""Step-level substrate: completions cut into reasoning steps, and the scorers that judge each step.
 
 Half of the credit-assignment literature assigns credit to *reasoning steps* rather than tokens. This
-package holds their shared substrate, kept out of the trainer (which only wires two hooks):
+package is the library those methods (PURE, CAPO, OPRL, InT, R³L in :mod:`crs.methods`) call; it names
+none of them:
 
 - :mod:`crs.steps.segment` — completions → steps → token spans (PURE's separator rule);
-- :mod:`crs.steps.scorers` — ``rule`` / ``prm`` / ``judge`` / ``implicit`` scorers behind one interface;
+- :mod:`crs.steps.scorers` — ``rule`` / ``prm`` / ``judge`` / ``implicit`` scorers behind one interface
+  (and the judge's vote over critiques);
+- :mod:`crs.steps.implicit` — the implicit PRM learned online (OPRL / iStar's scorer);
 - :mod:`crs.steps.rule` — exact process verifiers of the synthetic tasks;
 - :mod:`crs.steps.build` — a small PRM and a small judge built offline for the embedded task;
-- :mod:`crs.steps.pure`, :mod:`crs.steps.capo`, :mod:`crs.steps.oprl` — the methods' math (pure tensor
-  functions, golden-tested); :mod:`crs.steps.methods` registers them as credit steps;
-- :mod:`crs.steps.intervention` — InT's intervention stage (a callback: SFT on prefix + fix, then RL);
-- :mod:`crs.steps.retry` — R³L's reflect-then-retry rollouts (first attempts, pivot, retries);
-- :mod:`crs.steps.hook` — the rollout-time hook; :mod:`crs.steps.localization` — where credit lands.
+- :mod:`crs.steps.settings` — ``method.steps`` (segmentation and scorer settings, help texts);
+- :mod:`crs.steps.mixing` — the GRPO/step-advantage mix the step methods share;
+- :mod:`crs.steps.hook` — the rollout-time hook (runs each method's ``produce``);
+  :mod:`crs.steps.localization` — where credit lands.
 
 Example::
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from crs.steps.config import JudgeSettings, PRMSettings
+from crs.steps.settings import JudgeSettings, PRMSettings
 
 DEFAULT_SEPARATORS = (",", ".")
 
@@ -424,8 +424,7 @@ def evaluate_judge(
     One batch of critiques is generated and voted by every rule, so the rules are compared on the same
     critiques. Also reports ``single`` (one greedy critique, no vote).
     """
-    from crs.steps.capo import vote
-    from crs.steps.scorers import JudgeScorer, judge_prompt, parse_critique
+    from crs.steps.scorers import JudgeScorer, judge_prompt, parse_critique, vote
 
     samples = sample_labelled(policy_path, benchmark, n_prompts, 4, seed, True, separators, task)
     judge = JudgeScorer(judge_path, critiques=critiques)

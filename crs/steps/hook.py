@@ -7,8 +7,8 @@ rest of the batch, and the credit steps read them in the loss as ``batch.feature
 
 Work done here, only when needed:
 
-- step methods in the chain (``pure``, ``capo``, ``oprl``): segment (:mod:`crs.steps.segment`), score with
-  the configured scorer (:mod:`crs.steps.scorers`), run each method's producer (:mod:`crs.steps.methods`);
+- step methods in the chain (a ``produce`` hook: PURE, CAPO, OPRL, InT): segment (:mod:`crs.steps.segment`),
+  score with the configured scorer (:mod:`crs.steps.scorers`), run each method's ``produce``;
   logs ``steps/*`` (steps per completion, mean score; for learned scorers, online step precision/recall
   against the rule verifier when the task has one) and the scorer's cost (``judge/*``, ``prm/*``, ``implicit/*``);
 - a task with known decisive tokens (:mod:`crs.benchmarks.bifurcation`): the ``decisive`` ``[B,T]`` mask
@@ -22,7 +22,6 @@ SFT updates the policy in the hook, which DDP would not see on the other process
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +36,7 @@ class StepHook:
 
     Args:
         chain: the run's :class:`~crs.credit.CreditChain`.
-        steps_cfg: ``method.steps`` (:class:`crs.steps.config.StepsConfig` fields).
+        steps_cfg: ``method.steps`` (:class:`crs.steps.settings.StepsConfig` fields).
         benchmark: the built :class:`~crs.benchmarks.Benchmark`.
         tokenizer: the policy's tokenizer.
         policy_path: the policy checkpoint (PRM/judge builds start from it).
@@ -53,26 +52,24 @@ class StepHook:
         policy_path: str | None,
         cache_dir: str | None,
     ):
-        from crs.steps.methods import PRODUCERS
-
         self.chain = chain
         self.tokenizer = tokenizer
         self.benchmark = benchmark
-        self.methods = [p.step.name for p in chain.steps if p.step.name in PRODUCERS]
+        self.methods = [m.name for m, _ in chain.hooked("produce")]
         self.decisive_fn = getattr(benchmark, "decisive", None)
         self.scorer = None
         self.sep_ids = frozenset()
         self.rule = None
-        from crs.envs import is_env_benchmark
-
-        self.turns = is_env_benchmark(benchmark.name)  # multi-turn environments: steps are turns
+        # multi-turn environments: steps are turns
+        self.turns = (getattr(benchmark, "info", None) or {}).get("environment_factory") is not None
         if self.methods and self.turns:
-            from crs.steps.scorers import build_scorer
+            from crs.steps.choose import build_scorer
 
             self.scorer = build_scorer(steps_cfg, benchmark.name, cache_dir, policy_path, None)
         elif self.methods:
+            from crs.steps.choose import build_scorer
             from crs.steps.rule import PROCESS_VERIFIERS
-            from crs.steps.scorers import RuleScorer, build_scorer
+            from crs.steps.scorers import RuleScorer
             from crs.steps.segment import separator_token_ids
 
             seps = list(steps_cfg.get("separators") or [])
@@ -113,7 +110,6 @@ class StepHook:
             feats["decisive"] = self.decisive_mask(cid, cm, inputs)
         if not self.methods or mode != "train":
             return feats
-        from crs.steps.methods import PRODUCERS
         from crs.steps.scorers import RolloutView
         from crs.steps.segment import segment_batch
 
@@ -139,9 +135,8 @@ class StepHook:
         )
         scores = self.scorer.score(view).float().cpu()
         outcome = out["advantages"].cpu()
-        for p, args in self.chain.args_at(rho):
-            if p.step.name in PRODUCERS:
-                feats.update(PRODUCERS[p.step.name](view, scores, self.scorer.kind, args, outcome))
+        for method, args in self.chain.hooked("produce", rho):
+            feats.update(method.produce(view, scores, self.scorer.kind, args, outcome))
         valid = steps.valid
         if metrics is not None:
             metrics["steps/per_completion"].append(float(valid.sum(-1).float().mean()))
@@ -160,12 +155,11 @@ class StepHook:
         return feats
 
 
-def validate_steps(cfg) -> None:
+def validate_steps(cfg, chain) -> None:
     """Config-time checks of ``method.steps`` (one clear error line before any model loads)."""
-    from crs.credit import CreditChain
-    from crs.steps.capo import VOTES
-    from crs.steps.methods import PRODUCERS
+    from crs.benchmarks import is_multi_turn
     from crs.steps.rule import PROCESS_VERIFIERS
+    from crs.steps.scorers import VOTES
 
     s = cfg.method.steps
     if s.scorer not in ("rule", "prm", "judge", "implicit"):
@@ -178,27 +172,10 @@ def validate_steps(cfg) -> None:
         raise ConfigError(f"method.steps.implicit.traj_agg must be mean or sum (got {s.implicit.traj_agg!r})")
     if s.implicit.beta <= 0 or s.implicit.lr <= 0:
         raise ConfigError("method.steps.implicit.beta and .lr must be > 0")
-    chain = CreditChain(cfg.method.credit)
-    if not any(p.step.name in PRODUCERS for p in chain.steps):
-        return
-    from crs.envs import is_env_benchmark
-
-    if is_env_benchmark(cfg.benchmark.name):
-        names = sorted(p.step.name for p in chain.steps if p.step.name in PRODUCERS)
-        if names != ["oprl"] or s.scorer != "implicit":
-            raise ConfigError(
-                f"on multi-turn environments (benchmark={cfg.benchmark.name}) the step level is the turn and "
-                f"only oprl with method.steps.scorer=implicit applies (got {', '.join(names)} with "
-                f"scorer={s.scorer}); turn methods: gigpo, a2tgpo, matchtir, r3l"
-            )
+    if not chain.hooked("produce") or is_multi_turn(cfg.benchmark.name):
+        return  # on environments a step is a turn: no separators, the method's own check decides
     if not list(s.separators):
         raise ConfigError("method.steps.separators must name at least one separator")
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun / crs on SLURM
-    if world > 1 and any(p.step.name == "int" for p in chain.steps):
-        raise ConfigError(
-            f"method int runs on one process for now (WORLD_SIZE={world}): its SFT on the interventions "
-            "updates the policy inside the rollout hook, which the other processes would not see"
-        )
     bench = cfg.benchmark.name
     needs_rule = s.scorer == "rule" or (s.scorer in ("prm", "judge") and not s[s.scorer].path)
     if needs_rule and bench not in PROCESS_VERIFIERS:

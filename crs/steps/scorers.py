@@ -16,13 +16,13 @@ verdicts — and returns one number per step. Scores travel in the batch, never 
 ``judge``
     CAPO's generative critique: a causal LM reads the prompt and the completion with numbered steps and
     writes ``Wrong step list:[i,j]``; ``critiques`` samples per completion are voted
-    (:func:`crs.steps.capo.vote`). Score = 1 − vote (a fraction for ``average``). All calls of a rollout
+    (:func:`vote`). Score = 1 − vote (a fraction for ``average``). All calls of a rollout
     are one batched ``generate``; time and tokens are logged (``judge/*``). Built offline for the
     embedded task on first use (:func:`crs.steps.build.ensure_judge`).
 ``implicit``
     OPRL/iStar's implicit PRM: a trainable copy π_φ of the policy; step reward
     ``β·Σ_{t∈step}(log π_φ − log π_θold)``, then one DPO step on outcome-ranked pairs
-    (:mod:`crs.steps.oprl`). Returns real-valued step rewards, not probabilities.
+    (:mod:`crs.steps.implicit`). Returns real-valued step rewards, not probabilities.
 
 Scores of missing steps are 0; :attr:`StepScorer.kind` says whether a scorer returns probabilities
 (``prob``) or rewards (``reward``).
@@ -241,6 +241,51 @@ class PRMScorer(StepScorer):
 
 # -------------------------------------------------------------------------------------------------- judge
 
+
+def first_wrong(scores: Tensor, valid: Tensor, threshold: float = 0.5) -> Tensor:
+    """``[B]`` index of the first step scored below ``threshold`` (−1 if none)."""
+    bad = (scores < threshold) & valid
+    idx = torch.where(bad.any(1), bad.float().argmax(1), torch.full((scores.shape[0],), -1))
+    return idx
+
+
+# CAPO's vote over k critiques (arXiv 2508.02298): majority as the authors' figure
+VOTES = ("majority", "intersection", "union", "average")
+
+
+def vote(critiques: Sequence[Sequence[set[int]]], K: int, rule: str = "majority") -> Tensor:
+    """Aggregate per-completion critiques into a ``[B,K]`` flag matrix.
+
+    Args:
+        critiques: for each completion, ``k`` sets of 0-based wrong-step indices.
+        K: number of step columns.
+        rule: ``majority`` (count > k/2), ``intersection``, ``union``, ``average`` (fraction).
+    Returns:
+        ``[B,K]`` float: 1/0 flags, or fractions for ``average``.
+    """
+    if rule not in VOTES:
+        raise ConfigError(f"method.steps.judge.vote must be one of {', '.join(VOTES)}, got {rule!r}")
+    out = torch.zeros(len(critiques), K)
+    for b, sets in enumerate(critiques):
+        k = len(sets)
+        if k == 0:
+            continue
+        counts = torch.zeros(K)
+        for s in sets:
+            for j in s:
+                if 0 <= j < K:
+                    counts[j] += 1
+        if rule == "majority":
+            out[b] = (counts > k / 2).float()
+        elif rule == "intersection":
+            out[b] = (counts == k).float()
+        elif rule == "union":
+            out[b] = (counts > 0).float()
+        else:
+            out[b] = counts / k
+    return out
+
+
 JUDGE_QUESTION = "\nWrong step list:"
 _LIST_RE = re.compile(r"\[([0-9,\s]*)\]")
 
@@ -290,8 +335,6 @@ class JudgeScorer(StepScorer):
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from crs.steps.capo import VOTES
-
         if vote not in VOTES:
             raise ConfigError(f"method.steps.judge.vote must be one of {', '.join(VOTES)}, got {vote!r}")
         if critiques < 1:
@@ -332,7 +375,6 @@ class JudgeScorer(StepScorer):
         return texts, n_tokens
 
     def score(self, view: RolloutView) -> Tensor:
-        from crs.steps.capo import vote
 
         t0 = time.perf_counter()
         prompts = [judge_prompt(str(r.get("prompt", "")), t) for r, t in zip(view.rows, view.step_texts)]
@@ -357,43 +399,3 @@ class JudgeScorer(StepScorer):
             "judge/parse_fail": fails / max(1, len(texts)),
         }
         return (1.0 - flagged) * view.steps.valid
-
-
-def build_scorer(
-    cfg: Mapping[str, Any],
-    benchmark: str,
-    cache_dir: str | None,
-    policy_path: str | None,
-    task: Mapping[str, Any] | None = None,
-) -> StepScorer:
-    """The scorer named ``cfg['scorer']`` (``method.steps``); PRM/judge are built on first use if ``path`` is null."""
-    name = cfg.get("scorer", "rule")
-    seps = tuple(cfg.get("separators") or (",", "."))
-    if name == "rule":
-        return RuleScorer(benchmark)
-    if name == "prm":
-        p = dict(cfg.get("prm") or {})
-        path = p.get("path")
-        if not path:
-            from crs.steps.build import ensure_prm
-
-            path = str(ensure_prm(policy_path, benchmark, cache_dir, p, seps, task))
-        return PRMScorer(path, p.get("step_token", "\n"), p.get("good_token", "+"), p.get("bad_token", "-"))
-    if name == "judge":
-        j = dict(cfg.get("judge") or {})
-        path = j.get("path")
-        if not path:
-            from crs.steps.build import ensure_judge
-
-            path = str(ensure_judge(policy_path, benchmark, cache_dir, j, seps, task))
-        return JudgeScorer(
-            path, int(j.get("critiques", 4)), j.get("vote", "majority"), float(j.get("temperature", 1.0))
-        )
-    if name == "implicit":
-        from crs.steps.oprl import ImplicitPRM
-
-        i = dict(cfg.get("implicit") or {})
-        return ImplicitPRM(
-            beta=float(i.get("beta", 0.05)), lr=float(i.get("lr", 1e-4)), traj_agg=i.get("traj_agg", "mean")
-        )
-    raise ConfigError(f"method.steps.scorer must be rule, prm, judge or implicit, got {name!r}")

@@ -18,9 +18,9 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from crs.credit import CreditChain
+from crs.methods.chain import CreditChain
 from crs.testing import cpu_grpo_config
-from crs.trainer import CreditGRPOTrainer
+from crs.trainers.grpo import CreditGRPOTrainer
 
 
 def main(model_dir: str, batch_path: str, out_path: str) -> None:

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 
 from crs.benchmarks import build_benchmark
 from crs.cli import compose
-from crs.credit import CreditChain
+from crs.methods.chain import CreditChain
 from crs.steps.hook import StepHook, call_step_hook
 
 

@@ -1,6 +1,6 @@
 """PURE — min-form credit assignment over process rewards (arXiv 2504.15275; CJReinforce/PURE).
 
-Spec: ../shared/docs/methods-steps.md §1 (code-grounded; OpenRLHF ``main`` @ 41f9363, verl branch @ 83f9869).
+Spec: docs/methods/steps.md §1 (code-grounded; OpenRLHF ``main`` @ 41f9363, verl branch @ 83f9869).
 For one rollout batch, with step scores ``p_{i,k} ∈ [−1, 1]`` (a PRM's ``P(correct) − P(wrong)``, or a
 rule/judge score ``2s − 1``):
 
@@ -37,7 +37,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from crs.credit.method import CreditBatch, Method
 from crs.errors import ConfigError
+from crs.steps.mixing import as_signed, mix_token_advantages
+from crs.steps.scorers import RolloutView
 from crs.steps.segment import Steps
 
 
@@ -157,3 +160,67 @@ def pure_advantages(
     if whiten:
         G = whiten_nonzero(G, mask)
     return G * mask
+
+
+def produce(view: RolloutView, scores: Tensor, kind: str, args, outcome: Tensor) -> dict[str, Tensor]:
+    """Rollout time, on the whole batch: PURE's ``[B,T]`` advantages from the step scores."""
+    A = pure_advantages(
+        as_signed(scores, kind) * view.steps.valid,
+        view.steps,
+        view.completion_mask.float().cpu(),
+        view.success.cpu(),
+        view.group_size,
+        form=args["form"],
+        temperature=args["temperature"],
+        baseline=args["baseline"],
+        vr_coef=args["vr_coef"],
+        mask_separator=args["mask_separator"],
+        whiten=args["whiten"],
+    )
+    return {"pure_adv": A}
+
+
+def pure(
+    batch: CreditBatch,
+    form: str = "softmin",
+    temperature: float = 0.1,
+    baseline: str = "token",
+    vr_coef: float = 1.0,
+    mask_separator: bool = True,
+    whiten: bool = True,
+    mix: float = 1.0,
+) -> CreditBatch:
+    """PURE (arXiv 2504.15275): min-form (softmin, T = 0.1) process-reward returns with the token baseline.
+
+    ``A = (1 − mix)·A_GRPO + mix·A_PURE``; the schedule drives ``mix`` (ρ = 0: GRPO). ``form``: softmin |
+    sum (ablation) | strict (verl's reverse cumulative min). ``vr_coef`` mixes the verifiable reward in
+    (PURE-PRM+VR; 0 = PRM only).
+    """
+    if form not in ("softmin", "sum", "strict"):
+        raise ConfigError(f"pure.form must be softmin, sum or strict, got {form!r}")
+    if baseline not in ("token", "none"):
+        raise ConfigError(f"pure.baseline must be token or none, got {baseline!r}")
+    if temperature <= 0:
+        raise ConfigError(f"pure.temperature must be > 0, got {temperature}")
+    return mix_token_advantages(batch, "pure_adv", mix)
+
+
+METHOD = Method(
+    "pure",
+    pure,
+    help={
+        "form": "softmin (PURE: min-form credit, Σ_k r_k → min_k p_k as T → 0), sum (the ablation that "
+        "reward-hacks), strict (verl branch: reverse cumulative min).",
+        "temperature": "Softmin temperature T (both released codes: 0.1); smaller = closer to the hard min.",
+        "baseline": "token: PURE's leave-one-out token baseline; none.",
+        "vr_coef": "Weight of the verifiable reward on the last token (PURE-PRM+VR: 1; 0 = PRM only).",
+        "mask_separator": "Advantage 0 at reward positions (separators, last token): OpenRLHF default.",
+        "whiten": "Normalise the advantages over the batch (both codes).",
+        "mix": "A = (1 − mix)·A_GRPO + mix·A_PURE: the schedule's knob (0 = GRPO).",
+    },
+    ranges={"temperature": "(0, inf)", "vr_coef": "[0, inf)", "mix": "[0, 1]"},
+    substrate="steps",
+    benchmarks=("single_turn",),
+    token_features=("pure_adv",),
+    produce=produce,
+)

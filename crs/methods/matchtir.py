@@ -3,7 +3,7 @@
 For tool-integrated reasoning with a gold call trace, MatchTIR scores each predicted call by its best
 *one-to-one* match to a gold call and turns the scores into turn rewards, then adds a turn-level
 advantage to the trajectory-level one. Port of the official code (``quchangle1/MatchTIR@f614ce1``,
-``verl/utils/reward_score/tool.py`` and ``core_algos.py``; methods-turns.md §3):
+``verl/utils/reward_score/tool.py`` and ``core_algos.py``; docs/methods/turns.md §3):
 
 - similarity ``S(p,g) = 1[name_p = name_g]·(1 + J(K_g,K_p) + Σ_{k∈K_g} 1[p.args[k] = g.args[k]])/(2 + |K_g|)``,
   ``J`` = 1 if the parameter-name lists are equal, 0 if either is empty, else multiset Jaccard;
@@ -35,13 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crs.credit import register_credit
+from crs.credit.method import Method
 from crs.envs.turns import (
     TurnBatch,
     TurnCredit,
     discounted_returns,
     grouped_norm,
-    register_turn_method,
     turn_advantages,
 )
 
@@ -183,7 +182,6 @@ def matchtir_advantages(
     return (A_traj.unsqueeze(1) + A_turn) / 2 * m, r
 
 
-@register_turn_method("matchtir")
 def _matchtir_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
     A, r = matchtir_advantages(turns, **args)
     m = turns.turn_mask
@@ -197,7 +195,6 @@ def _matchtir_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
     )
 
 
-@register_credit("matchtir", ranges={"lam": "[0, 1]", "unmatched_penalty": "[-1, 0]", "reg": "(0, inf)"})
 def matchtir(
     batch,
     kind: str = "hard",
@@ -211,4 +208,21 @@ def matchtir(
         from crs.errors import ConfigError
 
         raise ConfigError("matchtir: kind must be hard|soft, assignment hungarian|greedy, reg > 0")
-    return turn_advantages(batch, "matchtir")
+    return turn_advantages(batch)
+
+
+METHOD = Method(
+    "matchtir",
+    matchtir,
+    help={
+        "kind": "hard: bipartite matching of predicted to gold tool calls (authors' default); soft: Sinkhorn.",
+        "assignment": "hungarian (optimal, authors) or greedy matching of calls.",
+        "lam": "Dual-level mix λ of the turn-level and trajectory-level advantages (authors: 0.9).",
+        "unmatched_penalty": "Reward of a call matched to no gold call (authors: 0; ≤ 0).",
+        "reg": "Entropic regulariser of the soft (Sinkhorn) matching.",
+    },
+    ranges={"lam": "[0, 1]", "unmatched_penalty": "[-1, 0]", "reg": "(0, inf)"},
+    substrate="turns",
+    benchmarks=("multi_turn",),
+    turn_credit=_matchtir_turns,
+)

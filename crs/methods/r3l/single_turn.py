@@ -1,6 +1,6 @@
 """R³L reflect-then-retry generation, single-turn (arXiv 2601.03715; ``shiweijiezero/R3L``).
 
-The authors' loop (``R3L_workflow.py`` l.190-349, spec ``methods-turns.md`` §4): per task, ``n/2`` first
+The authors' loop (``R3L_workflow.py`` l.190-349, spec ``docs/methods/turns.md`` §4): per task, ``n/2`` first
 attempts; each failed one is *reflected on* (the policy writes a JSON report naming ``retry_from_step``),
 then *retried* from that pivot — the first attempt's steps before the pivot are replayed verbatim, the
 rest regenerated with the same sampling settings and a guidance message in context; the retry's training
@@ -36,13 +36,13 @@ crs's port, run at rollout time inside TRL's ``_generate_single_turn`` (wired by
    the authors tolerate only because their OPMD loss has no ratio (use ``loss=opmd`` with guidance).
 5. **Pivotal credit.** :func:`pivot_rows` gives each row its pivot *token* position (retry slot and its
    source first attempt alike, 0 elsewhere); the ``r3l`` mask step multiplies
-   :func:`crs.envs.r3l.pivot_token_mask` into TRL's loss-only ``tool_mask`` (``pivotal: false`` = the
+   :func:`crs.methods.r3l.masks.pivot_token_mask` into TRL's loss-only ``tool_mask`` (``pivotal: false`` = the
    authors' ``w/o_credit`` ablation).
 
 Not ported: the authors' SFT-like extras — the reflection generation itself (reward 1, singleton group)
 and the *guided* retry on improvement — since crs's reflector is not the policy. The multi-turn path
 (``benchmark=maze`` / ``calc_tool``: pivot = a turn, the prefix's actions replayed in the slot's own
-environment) is :mod:`crs.envs.retry`, which reuses this module's slot rule, verifier call and record.
+environment) is :mod:`crs.methods.r3l.episodes`, which reuses this module's slot rule, verifier call and record.
 
 Logged (``r3l/*``): ``first_success`` (first attempts), ``retry_rate`` (retries / failed first attempts),
 ``retry_success`` (verifier success of retries), ``pivot_step`` (mean pivot, 0-based step),
@@ -61,8 +61,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-from crs.errors import ConfigError
 
 SCORERS = ("rule", "prm", "judge")
 
@@ -144,10 +142,10 @@ def _pad(seqs: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[Tensor, T
 
 
 class R3LRetry:
-    """Built once per run (like :class:`crs.steps.hook.StepHook`) when the chain holds ``r3l``.
+    """Built once per run (like :class:`crs.steps.hook.StepHook`) when the chain holds ``r3l`` (:data:`crs.methods.r3l.METHOD`'s ``rollouts`` hook).
 
     Args:
-        chain: the run's :class:`~crs.credit.CreditChain`.
+        chain: the run's :class:`~crs.methods.chain.CreditChain`.
         steps_cfg: ``method.steps`` (separators, scorer).
         benchmark: the built benchmark (its name picks the rule verifier; the trainer's first reward
             function is the verifier that decides failure).
@@ -157,30 +155,25 @@ class R3LRetry:
     """
 
     def __init__(self, chain, steps_cfg, benchmark, tokenizer, policy_path=None, cache_dir=None, scorer=None):
-        from crs.envs import is_env_benchmark
+        from crs.steps.choose import build_scorer
         from crs.steps.rule import PROCESS_VERIFIERS
-        from crs.steps.scorers import build_scorer
         from crs.steps.segment import separator_token_ids
 
         self.chain = chain
         self.tokenizer = tokenizer
         self.benchmark = benchmark
         self.last: dict[str, Any] = {}
-        self.multi_turn = is_env_benchmark(benchmark.name)
+        self.multi_turn = (getattr(benchmark, "info", None) or {}).get("environment_factory") is not None
         self.scorer, self.check_rule = scorer, False
-        if self.multi_turn:  # turns are reflected on by crs.envs.retry.TURN_VERIFIERS
+        if self.multi_turn:  # turns are reflected on by crs.envs.verifiers.TURN_VERIFIERS
             return
         self.sep_ids = separator_token_ids(tokenizer, list(steps_cfg.get("separators") or [",", "."]))
         task = (getattr(benchmark, "info", None) or {}).get("config")
         self.scorer = scorer or build_scorer(steps_cfg, benchmark.name, cache_dir, policy_path, task)
         self.check_rule = self.scorer.name != "rule" and benchmark.name in PROCESS_VERIFIERS
 
-    @staticmethod
-    def wanted(chain) -> bool:
-        return any(p.step.name == "r3l" for p in chain.steps)
-
     def args(self, rho: float) -> dict[str, Any]:
-        return next(a for p, a in self.chain.args_at(rho) if p.step.name == "r3l")
+        return next(a for p, a in self.chain.args_at(rho) if p.method.name == "r3l")
 
     @staticmethod
     def _rewards(trainer, rows, texts, ids, **extra: Any) -> list[float]:
@@ -197,8 +190,7 @@ class R3LRetry:
 
     def _reflect(self, prompt_ids, comps, rows, success, group_size):
         """Pivot step (−1 = none) and its first token per first attempt, plus step texts."""
-        from crs.steps.intervention import first_wrong
-        from crs.steps.scorers import RolloutView
+        from crs.steps.scorers import RolloutView, first_wrong
         from crs.steps.segment import segment_batch
 
         pad = self.tokenizer.pad_token_id or 0
@@ -342,7 +334,7 @@ class R3LRetry:
             out: TRL's rollout dict (``completion_mask``, ``tool_mask``; rows in generation order).
             success: ``[B]`` bool verifier verdicts of the final rows.
         """
-        from crs.envs.r3l import pivot_suffix_mask, pivot_token_mask
+        from crs.methods.r3l.masks import pivot_suffix_mask, pivot_token_mask
 
         completion_mask = out["completion_mask"]
 
@@ -353,7 +345,7 @@ class R3LRetry:
         if not self.args(rho)["pivotal"]:
             pos = torch.zeros_like(pos)
         pos = pos.to(completion_mask.device)
-        if last.get("kind") == "turn":  # multi-turn: pos = pivot turn (crs/envs/retry.py)
+        if last.get("kind") == "turn":  # multi-turn: pos = pivot turn (episodes.py)
             loss = completion_mask.float() * out.get("tool_mask", torch.ones_like(completion_mask)).float()
             keep = pivot_suffix_mask(loss, pos)
         else:
@@ -374,57 +366,3 @@ class R3LRetry:
             if last["rule_match"]:
                 m["r3l/pivot_is_rule"].append(sum(last["rule_match"]) / len(last["rule_match"]))
         return {"r3l_keep": keep}
-
-
-def validate_r3l(cfg) -> None:
-    """Config-time checks of ``method=r3l`` (one clear error line before any model loads)."""
-    from crs.credit import CreditChain
-
-    chain = CreditChain(cfg.method.credit)
-    if not R3LRetry.wanted(chain):
-        return
-    from crs.envs import is_env_benchmark
-    from crs.steps.rule import PROCESS_VERIFIERS
-
-    a = next(p.args for p in chain.steps if p.step.name == "r3l")
-    bench, s = cfg.benchmark.name, cfg.method.steps
-    # More than one process (accelerate launch, torchrun, SLURM tasks_per_node > 1) needs no gathering: a
-    # retry slot must see its own group's first attempts, and every process generates whole groups, since
-    # TRL's RepeatSampler lays each prompt's G copies out contiguously and crs requires
-    # per_device_train_batch_size × steps_per_generation to be a multiple of num_generations (config check).
-    # Both generate() calls run on every process with equal batch sizes, so collective generation backends
-    # (vLLM, ZeRO-3 gathers) stay in step. tests/test_multiprocess.py::test_r3l_on_two_processes.
-    if is_env_benchmark(bench):
-        from crs.envs.retry import TURN_VERIFIERS
-
-        if bench not in TURN_VERIFIERS:
-            raise ConfigError(
-                f"method r3l: no turn verifier for benchmark {bench!r} (known: {', '.join(TURN_VERIFIERS)})"
-            )
-        if s.scorer != "rule":
-            raise ConfigError(
-                f"method r3l on {bench}: turns are reflected on by the exact turn verifier; use method.steps.scorer=rule"
-            )
-        if a.get("guidance") is not None:
-            raise ConfigError(
-                f"method r3l on {bench}: credit.r3l.guidance is single-turn only (set it to null)"
-            )
-        return
-    if s.scorer not in SCORERS:
-        raise ConfigError(
-            f"method r3l: method.steps.scorer must name wrong steps: one of {', '.join(SCORERS)} (got {s.scorer!r})"
-        )
-    if (s.scorer == "rule" or not s[s.scorer].path) and bench not in PROCESS_VERIFIERS:
-        raise ConfigError(
-            f"method r3l: method.steps.scorer={s.scorer} needs a process verifier for benchmark {bench!r} "
-            f"(known: {', '.join(sorted(PROCESS_VERIFIERS))}); give method.steps.{s.scorer}.path for other tasks"
-        )
-    G = int(cfg.trainer.num_generations)
-    R = retry_slot_count(G, float(a["retry_share"]))
-    if not 1 <= R <= G - 1:
-        raise ConfigError(
-            f"method r3l: retry_share={a['retry_share']} gives {R} retry slots of trainer.num_generations={G}; "
-            "need at least one retry slot and one first attempt per group"
-        )
-    if a.get("guidance") is not None and not isinstance(a["guidance"], str):
-        raise ConfigError("method r3l: credit.r3l.guidance must be a string or null")

@@ -13,7 +13,7 @@ verl-agent's scripts: ω = 1, γ = 0.95, ``mode = mean_norm`` (config default; A
 ``mean_std_norm``), invalid-action penalty 0.1 subtracted from the step return *after* discounting
 and from that step's episode score.
 
-Port of ``gigpo/core_gigpo.py`` (verl-agent HEAD, read via a public copy; methods-turns.md §1):
+Port of ``gigpo/core_gigpo.py`` (verl-agent HEAD, read via a public copy; docs/methods/turns.md §1):
 ``compute_step_discounted_returns``, ``episode_norm_reward`` (statistics over all step rows of the
 group, ``compute_mean_std_cross_steps=True``; singleton group ⇒ μ = 0, σ = 1), ``build_step_group``
 (exact equality of the anchor within the task group), ``step_norm_reward`` (singleton anchor ⇒ 0).
@@ -30,13 +30,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crs.credit import register_credit
+from crs.credit.method import Method
 from crs.envs.turns import (
     TurnBatch,
     TurnCredit,
     discounted_returns,
     grouped_norm,
-    register_turn_method,
     turn_advantages,
 )
 
@@ -86,7 +85,6 @@ def gigpo_advantages(
     return (A_E + omega * A_S) * m, A_E, A_S
 
 
-@register_turn_method("gigpo")
 def _gigpo_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
     A, A_E, A_S = gigpo_advantages(turns, **args)
     m = turns.turn_mask
@@ -105,7 +103,6 @@ def _gigpo_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
     )
 
 
-@register_credit("gigpo", ranges={"omega": "[0, inf)", "gamma": "[0, 1]", "invalid_penalty": "[0, inf)"})
 def gigpo(
     batch,
     omega: float = 1.0,
@@ -114,9 +111,26 @@ def gigpo(
     episode_stats: str = "steps",
     invalid_penalty: float = 0.1,
 ):
-    """GiGPO (arXiv 2505.10978): ``A^E + ω·A^S`` per turn, computed at rollout time (:mod:`crs.envs.gigpo`)."""
+    """GiGPO (arXiv 2505.10978): ``A^E + ω·A^S`` per turn, computed at rollout time (:func:`gigpo_advantages`)."""
     if mode not in MODES or episode_stats not in ("steps", "trajectories"):
         from crs.errors import ConfigError
 
         raise ConfigError(f"gigpo: mode must be one of {MODES} and episode_stats steps|trajectories")
-    return turn_advantages(batch, "gigpo")
+    return turn_advantages(batch)
+
+
+METHOD = Method(
+    "gigpo",
+    gigpo,
+    help={
+        "omega": "Weight ω of the step (anchor-state) level: A = A^E + ω·A^S (authors: 1); 0 = episode level only.",
+        "gamma": "Discount γ of the step returns inside an episode (authors: 0.95).",
+        "mode": "mean_norm (x − μ, the authors' default) or mean_std_norm ((x − μ)/σ) at both levels.",
+        "episode_stats": "steps: episode statistics over all turns of the group (verl-agent); trajectories: one per episode.",
+        "invalid_penalty": "Reward subtracted for an illegal action, after discounting (verl-agent: 0.1).",
+    },
+    ranges={"omega": "[0, inf)", "gamma": "[0, 1]", "invalid_penalty": "[0, inf)"},
+    substrate="turns",
+    benchmarks=("multi_turn",),
+    turn_credit=_gigpo_turns,
+)

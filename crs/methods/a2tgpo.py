@@ -4,7 +4,7 @@ Turn rewards are the **information gain** (IGPO, arXiv 2510.14967) of each tool 
 policy's teacher-forced log-probability of the ground-truth answer rises once the turn's tool result
 is in context, ``ig_t = log p̄(a | q, τ_{≤t}) − log p̄(a | q, τ_{≤t−1})`` (``log p̄`` = mean token
 log-prob of the answer; ``ig_type: prob_diff`` uses ``exp`` of it, the paper's Eq. 3; the released
-code uses ``log_prob_diff``). Then (paper Eq. 6-11, methods-turns.md §2):
+code uses ``log_prob_diff``). Then (paper Eq. 6-11, docs/methods/turns.md §2):
 
 1. **turn-group normalisation** — ``îg_{i,t}`` = z-score of ``ig`` within the ``(prompt, turn index)``
    group (population std ``sqrt(var + 1e-8)``, eps 1e-6; groups of one ⇒ 0), turn index = the order of
@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crs.credit import register_credit
-from crs.envs.turns import TurnBatch, TurnCredit, register_turn_method, turn_advantages
+from crs.credit.method import Method
+from crs.envs.turns import TurnBatch, TurnCredit, turn_advantages
 
 
 def turn_positions(turns: TurnBatch) -> Tensor:
@@ -185,7 +185,6 @@ def information_gain(
     return local
 
 
-@register_turn_method("a2tgpo", needs_ig=True)
 def _a2tgpo_turns(
     turns: TurnBatch,
     group_size: int,
@@ -207,12 +206,33 @@ def _a2tgpo_turns(
     )
 
 
-@register_credit("a2tgpo", ranges={"gamma": "[0, 1]", "alpha": "[0, inf)", "beta": "[0, 1)"})
 def a2tgpo(batch, gamma: float = 1.0, alpha: float = 0.3, beta: float = 0.3, ig_type: str = "log_prob_diff"):
     """A²TGPO (arXiv 2605.06200): information-gain turn advantages, turn-group normalisation, rescaled
-    accumulation, adaptive per-turn clip ranges (computed at rollout time, :mod:`crs.envs.a2tgpo`)."""
+    accumulation, adaptive per-turn clip ranges (computed at rollout time, :func:`a2tgpo_advantages`)."""
     if ig_type not in ("log_prob_diff", "prob_diff") or not 0 <= beta < 1:
         from crs.errors import ConfigError
 
         raise ConfigError("a2tgpo: ig_type must be log_prob_diff|prob_diff and 0 <= beta < 1")
-    return turn_advantages(batch, "a2tgpo")
+    return turn_advantages(batch)
+
+
+def _prepare(trainer, out, rows, tok_turn, offset, args, turns: TurnBatch) -> None:
+    """Rollout time, before the turn credit: each turn's information gain (one extra no-grad forward)."""
+    turns.ig = information_gain(trainer, out, rows, tok_turn, offset, args.get("ig_type", "log_prob_diff"))
+
+
+METHOD = Method(
+    "a2tgpo",
+    a2tgpo,
+    help={
+        "gamma": "Discount of the rescaled information-gain accumulation over turns (authors: 1).",
+        "alpha": "Weight α of the turn (information-gain) advantage on the outcome one; 0 = outcome only.",
+        "beta": "Adaptive clip: a turn's clip range is scaled by 1 + β·(normalised IG) (authors: 0.3).",
+        "ig_type": "log_prob_diff (log-prob gain of the gold answer, authors' default) or prob_diff.",
+    },
+    ranges={"gamma": "[0, 1]", "alpha": "[0, inf)", "beta": "[0, 1)"},
+    substrate="turns",
+    benchmarks=("multi_turn",),
+    turn_credit=_a2tgpo_turns,
+    turn_prepare=_prepare,
+)

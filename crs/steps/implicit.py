@@ -1,6 +1,6 @@
-"""OPRL / iStar — an implicit process reward model learned online (arXiv 2509.19199; Tongyi-ConvAI code).
+"""The implicit process reward model that OPRL / iStar learn online (arXiv 2509.19199; Tongyi-ConvAI code).
 
-Spec: methods-steps.md §3 (code ``CharacterRL-iStar/`` @ dfee104). A second trainable copy π_φ of the
+Spec: docs/methods/steps.md §3 (code ``CharacterRL-iStar/`` @ dfee104). A second trainable copy π_φ of the
 policy (initialised from it) is trained by trajectory-level DPO on outcome-ranked pairs, against the
 rolling π_θold as reference; its log-ratio summed over a step is the step reward::
 
@@ -65,24 +65,6 @@ def dpo_pair_loss(Q: Tensor, success: Tensor, group_size: int) -> tuple[Tensor, 
         return Q.sum() * 0.0, 0, float("nan")
     d = torch.cat(diffs)
     return -F.logsigmoid(d).mean(), int(d.numel()), float((d > 0).float().mean())
-
-
-def batch_max_norm(r: Tensor, valid: Tensor) -> Tensor:
-    """iStar ``batch_norm``: ``r / (max over the batch of |reverse-cumsum_k r| + 1e-6)``."""
-    r = r * valid
-    rc = r.flip(-1).cumsum(-1).flip(-1).abs()
-    return r / (rc.max() + 1e-6)
-
-
-def step_advantages(r: Tensor, valid: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
-    """``A^S = (r − mean)/std`` over all valid step rewards of each group (``[B,K]``, 0 on missing steps)."""
-    B, K = r.shape
-    rg, vg = r.view(-1, group_size * K), valid.view(-1, group_size * K).float()
-    n = vg.sum(1, keepdim=True).clamp(min=1.0)
-    mean = (rg * vg).sum(1, keepdim=True) / n
-    var = (((rg - mean) ** 2) * vg).sum(1, keepdim=True) / (n - 1).clamp(min=1.0)
-    A = (rg - mean) / (var.sqrt() + eps) * vg
-    return A.view(B, K)
 
 
 class ImplicitPRM(StepScorer):

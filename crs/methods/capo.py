@@ -1,4 +1,4 @@
-"""CAPO — generative credit assignment (arXiv 2508.02298; no released code, spec methods-steps.md §2).
+"""CAPO — generative credit assignment (arXiv 2508.02298; no released code, spec docs/methods/steps.md §2).
 
 An LLM judge ("GenPRM") critiques the whole response once per call and lists the wrong steps
 (``Wrong step list:[1,3]`` in the authors' figure); ``k`` critiques are voted per step, and the tokens of
@@ -24,48 +24,13 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from torch import Tensor
 
+from crs.credit.method import CreditBatch, Method
 from crs.errors import ConfigError
+from crs.steps.mixing import mix_token_advantages
+from crs.steps.scorers import RolloutView
 from crs.steps.segment import Steps
-
-VOTES = ("majority", "intersection", "union", "average")
-
-
-def vote(critiques: Sequence[Sequence[set[int]]], K: int, rule: str = "majority") -> Tensor:
-    """Aggregate per-completion critiques into a ``[B,K]`` flag matrix.
-
-    Args:
-        critiques: for each completion, ``k`` sets of 0-based wrong-step indices.
-        K: number of step columns.
-        rule: ``majority`` (count > k/2), ``intersection``, ``union``, ``average`` (fraction).
-    Returns:
-        ``[B,K]`` float: 1/0 flags, or fractions for ``average``.
-    """
-    if rule not in VOTES:
-        raise ConfigError(f"capo vote must be one of {', '.join(VOTES)}, got {rule!r}")
-    out = torch.zeros(len(critiques), K)
-    for b, sets in enumerate(critiques):
-        k = len(sets)
-        if k == 0:
-            continue
-        counts = torch.zeros(K)
-        for s in sets:
-            for j in s:
-                if 0 <= j < K:
-                    counts[j] += 1
-        if rule == "majority":
-            out[b] = (counts > k / 2).float()
-        elif rule == "intersection":
-            out[b] = (counts == k).float()
-        elif rule == "union":
-            out[b] = (counts > 0).float()
-        else:
-            out[b] = counts / k
-    return out
 
 
 def capo_token_rewards(
@@ -106,3 +71,51 @@ def capo_advantages(
         sq = (A**2).sum(-1).view(-1, group_size).sum(1, keepdim=True) / n.sum(1, keepdim=True).clamp(min=1.0)
         A = A / (sq.sqrt().expand(-1, group_size).reshape(B, 1) + eps)
     return A * mask
+
+
+def produce(view: RolloutView, scores: Tensor, kind: str, args, outcome: Tensor) -> dict[str, Tensor]:
+    """Rollout time: flagged steps → CAPO's token rewards → group-normalised ``[B,T]`` advantages."""
+    # flags: 1 − score for judge/rule (the vote's result) and PRM probabilities; negative implicit rewards
+    flagged = (1.0 - scores) if kind == "prob" else (scores < 0).float()
+    flagged = flagged * view.steps.valid
+    mask = view.completion_mask.float().cpu()
+    R = capo_token_rewards(view.success.cpu(), flagged, view.steps, mask, args["w_whole"], args["w_process"])
+    return {"capo_adv": capo_advantages(R, mask, view.group_size, args["norm"])}
+
+
+def capo(
+    batch: CreditBatch,
+    w_whole: float = 2.0,
+    w_process: float = 1.0,
+    norm: str = "loo_token_mean",
+    mix: float = 1.0,
+) -> CreditBatch:
+    """CAPO (arXiv 2508.02298): ``R = r·W_whole − 1[step flagged]·W_process`` per token, group-normalised.
+
+    W's, vote and normaliser are [3P]/[UNVERIFIED] (no released code): W_whole = 2, W_process = 1 from a
+    paper note. ``A = (1 − mix)·A_GRPO + mix·A_CAPO``.
+    """
+    if norm not in ("loo_token_mean", "group_token_mean", "group_token_meanstd"):
+        raise ConfigError(
+            f"capo.norm must be loo_token_mean, group_token_mean or group_token_meanstd, got {norm!r}"
+        )
+    if w_process < 0:
+        raise ConfigError(f"capo.w_process must be >= 0, got {w_process}")
+    return mix_token_advantages(batch, "capo_adv", mix)
+
+
+METHOD = Method(
+    "capo",
+    capo,
+    help={
+        "w_whole": "Weight of the outcome reward on every token (paper note: 2).",
+        "w_process": "Penalty on the tokens of a step the judge's vote flags (paper note: 1).",
+        "norm": "loo_token_mean (crs's reading of Eq. 2), group_token_mean, group_token_meanstd.",
+        "mix": "A = (1 − mix)·A_GRPO + mix·A_CAPO: the schedule's knob (0 = GRPO).",
+    },
+    ranges={"w_whole": "[0, inf)", "w_process": "[0, inf)", "mix": "[0, 1]"},
+    substrate="steps",
+    benchmarks=("single_turn",),
+    token_features=("capo_adv",),
+    produce=produce,
+)

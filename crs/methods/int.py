@@ -1,6 +1,6 @@
 """InT — self-proposed interventions (arXiv 2601.14209; code intervention-training/int, no licence).
 
-Spec: methods-steps.md §4. For a *failed* trace the model locates its first wrong step (conditioned on
+Spec: docs/methods/steps.md §4. For a *failed* trace the model locates its first wrong step (conditioned on
 a reference solution) and proposes a one-step fix; the policy is fine-tuned on **prefix + intervention**
 (never the suffix, no EOS), then RL goes on. crs runs this stage inside RL, once per rollout, as the
 ``int`` credit step's rollout-time producer (so it is schedulable like every method: the schedule
@@ -30,17 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crs.credit import CreditBatch, register_credit
+from crs.credit.method import CreditBatch, Method
 from crs.errors import ConfigError
-from crs.steps.methods import producer
-from crs.steps.scorers import RolloutView
-
-
-def first_wrong(scores: Tensor, valid: Tensor, threshold: float = 0.5) -> Tensor:
-    """``[B]`` index of the first step scored below ``threshold`` (−1 if none)."""
-    bad = (scores < threshold) & valid
-    idx = torch.where(bad.any(1), bad.float().argmax(1), torch.full((scores.shape[0],), -1))
-    return idx
+from crs.steps.scorers import RolloutView, first_wrong
 
 
 def reference_steps(prompt: str) -> list[str] | None:
@@ -134,8 +126,7 @@ def _propose(model, tokenizer, contexts: list[str], n: int, max_new_tokens: int 
     return out
 
 
-@producer("int")
-def _produce_int(view: RolloutView, scores: Tensor, kind: str, args: Mapping[str, Any], outcome: Tensor):
+def produce(view: RolloutView, scores: Tensor, kind: str, args: Mapping[str, Any], outcome: Tensor):
     tr = view.trainer
     metrics = tr._metrics["train"] if tr is not None else None
     failed = (~view.success.bool()).nonzero().flatten().tolist()
@@ -185,16 +176,6 @@ def _produce_int(view: RolloutView, scores: Tensor, kind: str, args: Mapping[str
     return {}
 
 
-@register_credit(
-    "int",
-    ranges={
-        "rate": "[0, 1]",
-        "max_per_rollout": "[1, inf)",
-        "candidates": "[1, inf)",
-        "sft_steps": "[0, inf)",
-        "lr": "(0, inf)",
-    },
-)
 def intervention(
     batch: CreditBatch,
     rate: float = 1.0,
@@ -205,7 +186,7 @@ def intervention(
 ) -> CreditBatch:
     """InT (arXiv 2601.14209): SFT on prefix + self-proposed one-step fix of failed traces, then RL.
 
-    The intervention stage runs at rollout time (:mod:`crs.steps.intervention`); the RL loss is GRPO's.
+    The intervention stage runs at rollout time (:func:`produce`); the RL loss is GRPO's.
     The schedule drives ``rate`` (fraction of failed traces intervened on; ρ = 0: GRPO).
     """
     if not 0 <= rate <= 1:
@@ -213,3 +194,28 @@ def intervention(
     if candidates < 1 or sft_steps < 0 or lr <= 0:
         raise ConfigError("int.candidates must be >= 1, int.sft_steps >= 0 and int.lr > 0")
     return batch
+
+
+METHOD = Method(
+    "int",
+    intervention,
+    help={
+        "rate": "Fraction of failed traces that get an intervention (the schedule's knob; 0 = GRPO).",
+        "max_per_rollout": "At most this many interventions per rollout (bounds the SFT cost).",
+        "candidates": "Replacement steps the policy samples for the located wrong step.",
+        "sft_steps": "AdamW steps of SFT on prefix + intervention per rollout (InT: 1 pass).",
+        "lr": "SFT learning rate (InT: 1e-6 for a 4B model; toy models need far more).",
+    },
+    ranges={
+        "rate": "[0, 1]",
+        "max_per_rollout": "[1, inf)",
+        "candidates": "[1, inf)",
+        "sft_steps": "[0, inf)",
+        "lr": "(0, inf)",
+    },
+    substrate="steps",
+    benchmarks=("single_turn",),
+    one_process="its SFT on the interventions updates the policy inside the rollout hook, which the other "
+    "processes would not see",
+    produce=produce,
+)

@@ -1,15 +1,15 @@
 """R³L reflect-then-retry on the multi-turn environments (``benchmark=maze``, ``calc_tool``).
 
 The authors' trajectory-level workflow (``R3L_workflow.py`` / ``utils.py second_rollout``; spec
-``methods-turns.md`` §4.1): a failed episode is reflected on, a **new environment** is created and
+``docs/methods/turns.md`` §4.1): a failed episode is reflected on, a **new environment** is created and
 reset, the first attempt's first ``pivot`` actions are **replayed** (their messages copied, the model not
 called), and the policy plays on from there; pivotal credit masks the first ``pivot`` assistant turns of
-both episodes. crs's port, on TRL's environment loop (wired by ``CreditGRPOTrainer._generate``):
+both episodes. crs's port, on TRL's environment loop (driven by the GRPO trainer's ``_generate`` through the method's ``rollouts`` hook):
 
 1. TRL plays every slot of the batch as usual. The first ``G − R`` slots of each group are first
    attempts; the last ``R`` slots hold fresh episodes, which stay as the fallback when a group has fewer
-   failures than retry slots (the single-turn slot rule, :func:`crs.steps.retry.assign_retries`).
-2. **Reflect** with an exact *turn* verifier (:data:`TURN_VERIFIERS`; the ``rule`` reflector — no
+   failures than retry slots (the single-turn slot rule, :func:`crs.methods.r3l.single_turn.assign_retries`).
+2. **Reflect** with an exact *turn* verifier (:data:`crs.envs.verifiers.TURN_VERIFIERS`; the ``rule`` reflector — no
    judge/PRM exists for the environments): ``maze`` — the first move that is invalid or not on a shortest
    path (BFS distances); ``calc_tool`` — the first call that differs from the gold call at its position.
    All calls right but the episode failed ⇒ the pivot is the turn after the last call (where the policy
@@ -20,7 +20,7 @@ both episodes. crs's port, on TRL's environment loop (wired by ``CreditGRPOTrain
    the next turn is sampled with TRL's own generation and parsed as TRL does, the rest of the episode runs
    through TRL's ``_tool_call_loop`` (same tools, same limits). The retry row = prefix ⊕ new tokens, its
    ``tool_mask`` = the prefix's ⊕ the new one, its messages = the prefix's ⊕ the new ones.
-4. **Pivotal credit**: the pivot *turn* of both rows feeds :func:`crs.envs.r3l.pivot_suffix_mask`.
+4. **Pivotal credit**: the pivot *turn* of both rows feeds :func:`crs.methods.r3l.masks.pivot_suffix_mask`.
 
 Deviations: no guidance message (``credit.r3l.guidance`` is single-turn only: the tiny env policies
 never saw one); the new part of a retry may use up to ``max_completion_length`` tokens *after* the
@@ -30,51 +30,14 @@ the rollout are logged before the retries replace the fallback episodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from crs.envs.base import StepRecord
 from crs.envs.turns import steps_to_turns, turn_index
-
-TURN_VERIFIERS: dict[str, Callable[[Any, Sequence[StepRecord]], int]] = {}
-
-
-def register_turn_verifier(name: str):
-    def deco(fn):
-        TURN_VERIFIERS[name] = fn
-        return fn
-
-    return deco
-
-
-@register_turn_verifier("maze")
-def maze_first_wrong(env, steps: Sequence[StepRecord]) -> int:
-    """Index of the first call that is invalid or off every shortest path (``len(steps)`` if none)."""
-    pos = env.task.start
-    for j, s in enumerate(steps):
-        d = s.args.get("direction")
-        if not s.valid or d not in env.task.best_moves(pos):
-            return j
-        pos = env.task.step(pos, d)
-    return len(steps)
-
-
-@register_turn_verifier("calc_tool")
-def calc_first_wrong(env, steps: Sequence[StepRecord]) -> int:
-    """Index of the first call that is invalid or differs from the gold call at its position."""
-    gold = list(getattr(env, "gold_calls", []) or [])
-    for j, s in enumerate(steps):
-        g = gold[j] if j < len(gold) else None
-        if (
-            not s.valid
-            or g is None
-            or s.name != g.get("name")
-            or dict(s.args) != dict(g.get("arguments", {}))
-        ):
-            return j
-    return len(steps)
+from crs.envs.verifiers import TURN_VERIFIERS
+from crs.methods.r3l.single_turn import assign_retries, retry_slot_count
 
 
 def pivot_turn(first_wrong: int, step_turns: Sequence[int]) -> int:
@@ -105,10 +68,8 @@ def prefix_messages(messages: Sequence[dict[str, Any]], turn: int) -> list[dict[
 
 def retry_episodes(retry, trainer, prompts, res: tuple, rows, rho: float) -> tuple:
     """First attempts → turn reflection → replayed retries; returns ``_generate``'s tuple with retry rows
-    replaced. ``retry`` is the run's :class:`crs.steps.retry.R3LRetry` (args, slot rule, record)."""
+    replaced. ``retry`` is the run's :class:`crs.methods.r3l.single_turn.R3LRetry` (args, slot rule, record)."""
     from trl.chat_template_utils import parse_response
-
-    from crs.steps.retry import assign_retries, retry_slot_count
 
     prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images = res
     a = retry.args(rho)

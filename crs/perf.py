@@ -7,8 +7,8 @@ shows the median step time, the median paired ratio with its min–max over roun
 memory and where a step's time goes (generation, reward, other rollout work, credit, forward/backward,
 diagnostics, optimizer). Speed is read from these ratios, never asserted as a timing.
 
-    python -m crs.bench                                   # CPU, tiny model (make bench)
-    python -m crs.bench --device cuda --model 180m --batch 128 --tokens 256 --precision bf16 \\
+    python -m crs.perf                                   # CPU, tiny model (make bench)
+    python -m crs.perf --device cuda --model 180m --batch 128 --tokens 256 --precision bf16 \\
         --variants trl,grpo,grpo+static --rounds 3 --json bench.json
 
 Variants: ``trl`` (plain GRPOTrainer), or ``<method>`` (crs's trainer with that credit method) plus
@@ -32,18 +32,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-CHAINS: dict[str, dict] = {
-    "grpo": {},
-    "tp_schedule": {"tp_schedule": {"withhold": 1.0, "drive": {"knob": "withhold", "neutral": 0.0}}},
-    "forking_tokens": {
-        "forking_tokens": {
-            "keep_fraction": 0.0,
-            "selection": "per_sequence",
-            "drive": {"knob": "keep_fraction", "neutral": 1.0},
-        }
-    },
-    "entropy_adv": {"entropy_adv": {"strength": 1.0, "drive": {"knob": "strength", "neutral": 0.0}}},
-}
+
+def method_credit(name: str) -> dict | None:
+    """``method.credit`` of ``conf/method/<name>.yaml`` (the chain a real run uses), or ``None``."""
+    from omegaconf import OmegaConf
+
+    from crs.locations import CONF_DIR
+
+    path = Path(CONF_DIR) / "method" / f"{name}.yaml"
+    if not path.exists():
+        return None
+    credit = OmegaConf.load(path).get("credit")
+    return dict(OmegaConf.to_container(credit, resolve=True)) if credit else {}
+
+
 CPU_VARIANTS = "trl,grpo,grpo+static,tp_schedule,forking_tokens,entropy_adv,grpo+diagnostics"
 CUDA_VARIANTS = "trl,grpo,grpo+static"
 # model sizes: Qwen2 shapes; "tiny" is crs.testing's model (SFT'd a few steps), the others random weights
@@ -70,8 +72,8 @@ PHASES = ("generation", "reward", "rollout_other", "credit", "fwd_bwd", "diagnos
 def parse_variant(v: str) -> dict[str, Any]:
     base, *flags = v.split("+")
     unknown = set(flags) - {"static", "hf_static", "diagnostics"}
-    if (base != "trl" and base not in CHAINS) or unknown:
-        raise SystemExit(f"crs: error: unknown benchmark variant {v!r} (methods: trl, {', '.join(CHAINS)})")
+    if (base != "trl" and method_credit(base) is None) or unknown:
+        raise SystemExit(f"crs: error: unknown benchmark variant {v!r} (trl, or a method of conf/method/)")
     generation = "static" if "static" in flags else "hf_static" if "hf_static" in flags else "hf"
     return {"method": base, "generation": generation, "diagnostics": "diagnostics" in flags}
 
@@ -134,9 +136,9 @@ def _child(variant: str, model_dir: str, a: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOTrainer
 
-    from crs.credit import CreditChain
+    from crs.methods.chain import CreditChain
     from crs.testing import cpu_grpo_config
-    from crs.trainer import CreditGRPOTrainer
+    from crs.trainers.grpo import CreditGRPOTrainer
 
     spec = parse_variant(variant)
     cuda = a.device == "cuda"
@@ -177,7 +179,7 @@ def _child(variant: str, model_dir: str, a: argparse.Namespace) -> dict:
         else:
             trainer = CreditGRPOTrainer(
                 **kw,
-                credit=CreditChain(CHAINS[spec["method"]]),
+                credit=CreditChain(method_credit(spec["method"])),
                 schedule=lambda p: 1.0 - p,
                 diagnostics_every=1 if spec["diagnostics"] else 0,
                 generation=spec["generation"] if spec["generation"] == "static" else "hf",
@@ -259,7 +261,7 @@ def _spread(xs: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m crs.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m crs.perf", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--model", choices=tuple(SIZES), default="tiny", help="model size (random weights above tiny)"
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                 break
             for v in variants:
                 out = subprocess.run(
-                    [sys.executable, "-m", "crs.bench", "--child", v, model_dir, *passthrough],
+                    [sys.executable, "-m", "crs.perf", "--child", v, model_dir, *passthrough],
                     capture_output=True,
                     text=True,
                     env={**os.environ, "PYTHONWARNINGS": "ignore"},
