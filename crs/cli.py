@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 USAGE = __doc__.split("\n\n")[1]
-from crs.errors import one_line as _one_line  # noqa: E402
+from crs.errors import did_you_mean, one_line  # noqa: E402
 from crs.locations import SWEEPS_DIR  # noqa: E402
 
 
@@ -39,6 +39,46 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="train", overrides=overrides)
 
 
+def _keys_at(path: list[str], overrides: list[str] = ()) -> list[str]:
+    """Config keys under ``path`` (``[]`` = the top level: the groups and train.yaml's own keys)."""
+    from pathlib import Path
+
+    from crs.locations import CONF_DIR
+
+    conf = Path(CONF_DIR)
+    if not path:
+        groups = [p.name for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "local")]
+        return groups + ["seed", "tags", "resume", "inject_failure_at_step", "paths", "runs", "diagnostics"]
+    try:
+        node = compose(list(overrides))
+        for part in path:
+            node = node[part]
+        return [str(k) for k in node.keys()]
+    except Exception:
+        return []
+
+
+def unknown_key(err: BaseException, overrides: list[str] = ()) -> str | None:
+    """Hydra's "Could not override 'a.b'" (a key no schema has) as one line with the keys that exist."""
+    import re
+
+    m = re.search(r"Could not override '([\w.]+)'", str(err))
+    if not m:
+        return None
+    key = m.group(1)
+    parts = key.split(".")
+    others = [o for o in overrides if o.lstrip("+~").split("=")[0] != key]  # the user's groups still count
+    keys = _keys_at(parts[:-1], others)
+    hint = did_you_mean(parts[-1], keys)
+    where = ".".join(parts[:-1]) or "the top level"
+    return f"{key} is not a config key{hint} (keys of {where}: {', '.join(sorted(keys))})"
+
+
+def _one_line(err: BaseException, overrides: list[str] = ()) -> str:
+    """One line for a Hydra error; an unknown key names the keys that exist (and the closest one)."""
+    return unknown_key(err, overrides) or one_line(err)
+
+
 def preflight(overrides: list[str]) -> None:
     """Compose and validate a single run; exit 2 with one line on any config error."""
     from crs.config import validate
@@ -55,7 +95,7 @@ def preflight(overrides: list[str]) -> None:
         error_line(redact_text(str(err)))
         sys.exit(2)
     except Exception as err:  # Hydra composition / override grammar / OmegaConf type errors
-        error_line(redact_text(_one_line(err)))
+        error_line(redact_text(_one_line(err, overrides)))
         sys.exit(2)
 
 
@@ -97,7 +137,7 @@ def schedule_cmd(argv: list[str]) -> None:
         error_line(str(err))
         sys.exit(2)
     except Exception as err:
-        error_line(_one_line(err))
+        error_line(_one_line(err, [f"schedule={args.option}", *args.overrides]))
         sys.exit(2)
     if args.steps is not None and args.steps < 1:
         error_line(f"--steps must be >= 1 (got {args.steps})")

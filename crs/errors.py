@@ -20,7 +20,16 @@ def unknown_option(err: BaseException) -> str | None:
     options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
     if not options:
         return None
-    return f"{group}={name} is not an option; choose one of: {', '.join(options)}"
+    return (
+        f"{group}={name} is not an option{did_you_mean(name, options)}; choose one of: {', '.join(options)}"
+    )
+
+
+def did_you_mean(name: str, candidates) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def one_line(err: BaseException) -> str:

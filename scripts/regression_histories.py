@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", type=Path, help="compare against this recorded file")
     ap.add_argument("--methods", nargs="*", default=list(RUNS), help="subset of methods")
     a = ap.parse_args(argv)
+    a.methods = a.methods or list(RUNS)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -466,7 +466,7 @@ def test_experiment_groups_by_tags(store, capsys):
 def test_bad_selector_is_one_line(store, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["--sweep", "nope", "--uri", store["uri"]])
-    assert exc.value.code == 1
+    assert exc.value.code == 2  # user errors exit 2 in every verb
     assert capsys.readouterr().err.startswith("crs: error: no sweep 'nope'")
     with pytest.raises(SystemExit):
         main(["--last", "--uri", f"sqlite:///{tmp_path / 'none.db'}"])

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
         cmp = load(sel, args.threshold, extra)
     except CompareError as err:
         print(f"crs: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        sys.exit(2)  # a user error: the same exit code as a config error of every other verb
     if args.format == "table":
         render_table(cmp)
     elif args.format == "csv":
