@@ -152,7 +152,7 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
         logging_steps=1,
         logging_nan_inf_filter=False,  # a NaN loss is shown as NaN, not replaced by the running mean
         # resumable checkpoints into <run home>/checkpoints (crs/runs/checkpoint.py publishes and prunes)
-        save_strategy="steps" if cfg.runs.checkpoint_every > 0 else "no",
+        save_strategy="steps" if cfg.runs.checkpoint_every != 0 else "no",
         save_steps=_checkpoint_steps(cfg) or None,
         report_to="none",
         disable_tqdm=True,
@@ -176,9 +176,11 @@ def _checkpoint_steps(cfg: DictConfig) -> int:
     steps_per_generation × num_iterations micro-steps, and a resumed trainer starts a fresh rollout, so a
     checkpoint inside a rollout's window would change the data after the resume."""
     every = int(cfg.runs.checkpoint_every)
-    if every <= 0:
-        return 0
     t = cfg.trainer
+    if every < 0:  # auto: a killed run loses at most ~10% of its steps
+        every = max(1, -(-int(t.max_steps) // 10))
+    if every == 0:
+        return 0
     micro = (t.steps_per_generation or t.gradient_accumulation_steps) * t.num_iterations
     per_rollout = max(1, micro // t.gradient_accumulation_steps)
     return -(-every // per_rollout) * per_rollout

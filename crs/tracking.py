@@ -102,6 +102,8 @@ class NullTracker:
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None: ...
     def tag_run(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
 
+    def close_other(self, run_id: str, status: str, tags: Mapping[str, Any]) -> None: ...
+
     def start(self, **_: Any) -> None: ...
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
@@ -175,6 +177,12 @@ class MlflowTracker(NullTracker):
         self.connect()
         for k, v in redact_mapping(tags).items():
             self.client.set_tag(run_id, k, str(v))
+
+    @shield
+    def close_other(self, run_id: str, status: str, tags: Mapping[str, Any]) -> None:
+        """Close another run of this store (a dead run this job replaces) with ``status`` and ``tags``."""
+        self.tag_run(run_id, tags)
+        self.client.set_terminated(run_id, status=status)
 
     @shield
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:

@@ -190,6 +190,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             parent_run_id=parent["run_id"] if parent else None,
             tags={**_tags(cfg, ctx, parent), **tags},
         )
+    if plan.dead is not None and procs.main:  # a ghost of this job: close it, pointing at this run
+        tracker.close_other(
+            plan.dead["run_id"],
+            "KILLED",
+            {"error": f"KILLED: {plan.dead['reason']}", "crs.replaced_by": tracker.run_id or ""},
+        )
     if plan.resuming:
         console.print(
             f"crs: resuming run {tracker.run_id or '(untracked)'} from {plan.checkpoint} "

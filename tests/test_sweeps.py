@@ -108,7 +108,10 @@ def test_local_grid_with_a_failing_job(tmp_path):
     r = _crs(args, other, 900)
     assert "crs: skipped: this config already FINISHED" in r.stdout, r.stdout[-2000:]
     client, parents, jobs = _runs(other)
-    assert sorted(j.info.status for j in jobs) == ["FAILED", "FAILED", "FINISHED"]
+    # the failed job resumed its own run from its step-1 checkpoint (runs.checkpoint_every=-1: every
+    # ceil(max_steps/10) steps) and failed there again: still one run per job
+    assert sorted(j.info.status for j in jobs) == ["FAILED", "FINISHED"]
+    assert next(j for j in jobs if j.info.status == "FAILED").data.tags.get("crs.resumed") == "1"
     p2 = client.get_run(json.loads((other / "sweep2" / "crs_sweep.json").read_text())["run_id"])
     assert p2.data.tags["jobs.finished"] == "1" and p2.data.tags["jobs.failed"] == "1"
 

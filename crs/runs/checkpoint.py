@@ -122,6 +122,9 @@ class ResumePlan:
     marker: dict[str, Any] = field(default_factory=dict)
     skip: dict[str, Any] | None = None  # the FINISHED run a relaunched sweep job skips
     note: str = ""
+    # a RUNNING run of this job whose owner is dead and that this job does not continue: closed KILLED
+    # (with the reason and a pointer to the new run) once the new run exists, so no ghost stays RUNNING
+    dead: dict[str, str] | None = None
 
     @property
     def resuming(self) -> bool:
@@ -160,19 +163,26 @@ def plan_resume(cfg: DictConfig, tracker, output_dir: Path, key: str, multirun: 
             note=f"the same config already FINISHED as run {run.info.run_id}; starting a new run",
         )
     home = tags.get("crs.home")
+    from crs.runs.lock import RunLock
+
+    def dead(reason: str) -> dict[str, str] | None:
+        return {"run_id": run.info.run_id, "reason": reason} if status == "RUNNING" else None
+
     if not home or not Path(home).exists():
         return ResumePlan(
             home=output_dir,
             note=f"run {run.info.run_id} ({status}) left no reachable folder; starting a new run",
+            dead=dead("its process is gone and its folder is unreachable"),
         )
-    from crs.runs.lock import RunLock
-
     if RunLock.held(home):
         return ResumePlan(home=output_dir, note=f"run {run.info.run_id} is still running; starting a new run")
     ckpt = latest_checkpoint(home)
     if ckpt is None:
         return ResumePlan(
-            home=output_dir, note=f"run {run.info.run_id} ({status}) has no checkpoint; starting a new run"
+            home=output_dir,
+            note=f"run {run.info.run_id} ({status}) has no checkpoint; starting a new run"
+            + ("; it is closed KILLED (its process is gone)" if status == "RUNNING" else ""),
+            dead=dead("its process is gone (no lock holder) and it left no checkpoint to resume"),
         )
     return ResumePlan(home=Path(home), run_id=run.info.run_id, checkpoint=ckpt, marker=read_marker(ckpt))
 
