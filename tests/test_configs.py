@@ -3,6 +3,7 @@
 pytest tests/test_configs.py
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,41 @@ def _options(group: str) -> list[str]:
 GROUPS = ["method", "schedule", "loss", "model", "benchmark", "trainer", "tracking", "debug", "experiment"]
 
 
+def _option_values(group: str, option: str) -> tuple[dict, list[tuple[str, str]]]:
+    """An option file's own values where they land in the composed config (its ``# @package``, else its
+    group) and its ``override /<group>: <option>`` defaults."""
+    path = CONF / group / f"{option}.yaml"
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    defaults = data.pop("defaults", None) or []
+    package = group
+    for line in path.read_text().splitlines():
+        m = re.match(r"#\s*@package\s+(\S+)", line)
+        if m:
+            package = m.group(1)
+            break
+        if line.strip() and not line.startswith("#"):
+            break
+    if package != "_global_":
+        for part in reversed(package.split(".")):
+            data = {part: data}
+    overrides = [
+        (k[len("override /") :], v)
+        for d in defaults
+        if isinstance(d, dict)
+        for k, v in d.items()
+        if k.startswith("override /")
+    ]
+    return data, overrides
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda x: str(x))
 def test_every_option_composes_and_validates(group, option):
     from crs.methods import METHODS
@@ -34,8 +70,34 @@ def test_every_option_composes_and_validates(group, option):
         if any(n in METHODS and "single_turn" not in METHODS[n].benchmarks for n in credit):
             extra = ["benchmark=maze"]
     cfg = compose([f"{group}={option}", *extra])
-    validate(cfg)
-    OmegaConf.to_container(cfg.method, resolve=True)
+    chain = validate(cfg)
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    assert isinstance(method, dict) and method["name"]
+    # the chain validate built is the method's credit steps, in order, with the config's arguments
+    credit = method.get("credit") or {}
+    assert [s.method.name for s in chain.steps] == list(credit)
+    for s in chain.steps:
+        given = {k: v for k, v in (credit[s.method.name] or {}).items() if k != "drive"}
+        assert {k: s.args[k] for k in given} == given, s.method.name
+    # every value the option file sets (and the options it overrides to) is in the composed config, raw
+    expected: dict = {}
+    own, overrides = _option_values(group, option)
+    for g, o in overrides:
+        expected = OmegaConf.to_container(OmegaConf.merge(expected, _option_values(g, o)[0]))
+    expected = OmegaConf.to_container(OmegaConf.merge(expected, own))
+    for g, o in (x.split("=") for x in extra):  # composed after the option's group
+        expected = OmegaConf.to_container(OmegaConf.merge(expected, _option_values(g, o)[0]))
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    leaves = list(_leaves(expected))
+    assert leaves, f"{group}={option} sets nothing"
+    for key, value in leaves:
+        got = raw
+        for part in key.split("."):
+            assert isinstance(got, dict) and part in got, f"{group}={option}: {key} missing from the config"
+            got = got[part]
+        assert got == value, f"{group}={option}: {key} = {got!r}, the option file says {value!r}"
+    if group in ("method", "schedule", "model", "tracking") and "name" in own.get(group, {}):
+        assert cfg[group].name == own[group]["name"]
 
 
 @pytest.mark.parametrize("launcher", [p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")])

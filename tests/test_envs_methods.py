@@ -323,3 +323,18 @@ def test_r3l_pivot_mask_trains_only_the_diverging_suffix():
     ]
     assert pivot_suffix_mask(first, torch.tensor([9])).sum() == 0
     assert pivot_token_mask(torch.tensor([[1, 1, 1, 1, 0]]), torch.tensor([2])).tolist() == [[0, 0, 1, 1, 0]]
+
+
+def test_gigpo_anchor_groups_of_several_ids_do_not_cross_tasks():
+    # task 0 = (ep0 at A, ep1 at B), task 1 = (ep2 at A, ep3 at A): the only anchor group is task 1's A
+    # (ids A=0, B=1). A key that does not separate tasks by the number of ids would merge task 0's B
+    # with task 1's A: [0, -1/3, 2/3, -1/3] instead of [0, 0, 0.5, -0.5].
+    tb = _turns([["A"], ["B"], ["A"], ["A"]], [[1.0], [0.0], [1.0], [0.0]], group_size=2)
+    _, _, A_S = gigpo_advantages(tb, gamma=0.95, mode="mean_norm", invalid_penalty=0.0)
+    assert torch.allclose(A_S, torch.tensor([[0.0], [0.0], [0.5], [-0.5]]), atol=1e-6)
+    # three ids, two tasks: task 0 = (A, B, C) all singletons, task 1 = (C, C, A): C pairs inside task 1 only
+    tb = _turns(
+        [["A"], ["B"], ["C"], ["C"], ["C"], ["A"]], [[1.0], [2.0], [3.0], [4.0], [0.0], [5.0]], group_size=3
+    )
+    _, _, A_S = gigpo_advantages(tb, gamma=0.95, mode="mean_norm", invalid_penalty=0.0)
+    assert torch.allclose(A_S, torch.tensor([[0.0], [0.0], [0.0], [2.0], [-2.0], [0.0]]), atol=1e-6)

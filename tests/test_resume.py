@@ -94,6 +94,13 @@ def test_sigkill_then_resume_auto_continues_the_same_run(compose_cfg, tmp_path):
     done = max(m.step for m in client.get_metric_history(run_id, ui_key("loss")))
     if done >= STEPS:
         pytest.skip(f"the first process finished all {STEPS} steps before the kill landed")
+    # the checkpoints published when the process died (it is dead: the folder no longer changes); the
+    # resume must take the newest of them
+    published = sorted(
+        int(p.parent.name[len("checkpoint-") :])
+        for p in work.glob("outputs/runs/*/*/checkpoints/checkpoint-*/crs_checkpoint.json")
+    )
+    assert published and published[-1] <= done, (published, done)
 
     again = _crs(work, *args)
     out = again.communicate(timeout=400)[0]
@@ -108,6 +115,7 @@ def test_sigkill_then_resume_auto_continues_the_same_run(compose_cfg, tmp_path):
     assert run.data.tags["crs.resumed"] == "1"
     resumed_from = int(run.data.tags["crs.resumed_from_step"])
     assert 2 <= resumed_from <= done and resumed_from % 2 == 0, (resumed_from, done, kill_at)
+    assert resumed_from == published[-1], (resumed_from, published, done, kill_at)
     # every per-step metric: each step exactly once, the final step reached
     for key in run.data.metrics:
         steps = [m.step for m in client.get_metric_history(run_id, key)]
@@ -133,3 +141,55 @@ def test_sigkill_then_resume_auto_continues_the_same_run(compose_cfg, tmp_path):
     assert marker["steps_this_attempt"] == STEPS - resumed_from, (marker["steps_this_attempt"], resumed_from)
     summary = json.loads((home / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["resumed"] == 1
+
+
+def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
+    """Numeric order of the step (10 after 4, not before as in string order); a folder without the marker
+    (a save cut short), a name that is not a step and a plain file do not count."""
+    from crs.runs.checkpoint import MARKER, checkpoints_dir, complete_checkpoints, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None  # no checkpoints folder at all
+    root = checkpoints_dir(tmp_path)
+    root.mkdir()
+    assert latest_checkpoint(tmp_path) is None
+    for step in (4, 2, 10, 6):
+        (root / f"checkpoint-{step}").mkdir()
+        (root / f"checkpoint-{step}" / MARKER).write_text(json.dumps({"step": step}))
+    (root / "checkpoint-12").mkdir()  # incomplete: newer, but no marker
+    (root / "checkpoint-best").mkdir()
+    (root / "checkpoint-best" / MARKER).write_text("{}")
+    (root / "checkpoint-20").write_text("not a folder")
+    assert [p.name for p in complete_checkpoints(tmp_path)] == [f"checkpoint-{s}" for s in (2, 4, 6, 10)]
+    assert latest_checkpoint(tmp_path) == root / "checkpoint-10"
+    # once the newer save completes, it is the latest
+    (root / "checkpoint-12" / MARKER).write_text(json.dumps({"step": 12}))
+    assert latest_checkpoint(tmp_path) == root / "checkpoint-12"
+    # a single complete checkpoint
+    only = tmp_path / "only"
+    (checkpoints_dir(only) / "checkpoint-3").mkdir(parents=True)
+    (checkpoints_dir(only) / "checkpoint-3" / MARKER).write_text("{}")
+    assert latest_checkpoint(only) == checkpoints_dir(only) / "checkpoint-3"
+
+
+def test_resume_from_a_run_folder_takes_its_latest_checkpoint(tmp_path):
+    """``resume=<run folder>``: the plan continues from the newest complete checkpoint there."""
+    from omegaconf import OmegaConf
+
+    from crs.runs.checkpoint import MARKER, checkpoints_dir, plan_resume
+
+    home = tmp_path / "run"
+    for step in (2, 4, 8):
+        folder = checkpoints_dir(home) / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / MARKER).write_text(json.dumps({"step": step, "home": str(home), "run_id": None}))
+
+    class _NoTracker:
+        run_id = None
+
+        def exists(self, run_id):
+            return False
+
+    cfg = OmegaConf.create({"resume": str(home)})
+    plan = plan_resume(cfg, _NoTracker(), tmp_path / "new", key="k", multirun=False)
+    assert plan.checkpoint == checkpoints_dir(home) / "checkpoint-8"
+    assert plan.marker["step"] == 8 and plan.home == home and plan.resuming

@@ -51,9 +51,33 @@ def test_signal_outside_a_write_raises_at_once(handlers):
             pass
 
 
+def _let_the_handler_run():
+    for _ in range(10**5):  # Python runs a signal handler at the next bytecode boundary
+        pass
+
+
 def test_held_signal_can_be_dropped_while_closing(handlers):
+    ran = []
     with signals.shielded(raise_held=False):
         os.kill(os.getpid(), signal.SIGINT)
-    # nothing raised, nothing left pending
-    with signals.shielded():
+        _let_the_handler_run()
+        assert signals._pending == signal.SIGINT  # held, not raised, inside the block
+        ran.append("after-signal")
+    # the block ran to its end, nothing was raised, and the held signal was dropped (not left pending)
+    assert ran == ["after-signal"]
+    assert signals._pending is None and signals._depth == 0
+    with signals.shielded():  # a later write does not raise the dropped signal
         pass
+    # the handlers are still in place: a new signal outside a write raises at once
+    with pytest.raises(JobKilled) as info:
+        os.kill(os.getpid(), signal.SIGTERM)
+        _let_the_handler_run()
+    assert info.value.signum == signal.SIGTERM
+    # the same held signal without raise_held=False is raised right after the block
+    with pytest.raises(JobKilled) as info:
+        with signals.shielded():
+            os.kill(os.getpid(), signal.SIGINT)
+            _let_the_handler_run()
+            ran.append("after-second-signal")
+    assert info.value.signum == signal.SIGINT and ran[-1] == "after-second-signal"
+    assert signals._pending is None

@@ -338,3 +338,35 @@ def test_bad_step_method_arguments_fail_at_config_time(credit, msg):
 
     with pytest.raises(ConfigError, match=msg):
         CreditChain(credit)
+
+
+# ------------------------------------------------------------------------------------ OPRL: padded steps
+
+
+def test_oprl_trajectory_scores_average_over_valid_steps_only():
+    # row 0 has 1 of 2 valid steps (the padded step carries a stray reward that must not count); row 1 has
+    # both; row 2 has none (mean of nothing = 0, not a division by zero)
+    r = torch.tensor([[1.0, 7.0], [1.0, 3.0], [4.0, 4.0]])
+    valid = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    assert_close(trajectory_scores(r, valid, "mean"), torch.tensor([1.0, 2.0, 0.0]))
+    assert_close(trajectory_scores(r, valid, "sum"), torch.tensor([1.0, 4.0, 0.0]))
+    # three padded steps out of four: mean of the single valid one
+    r4 = torch.tensor([[2.0, 9.0, 9.0, 9.0]])
+    assert_close(trajectory_scores(r4, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), "mean"), torch.tensor([2.0]))
+
+
+def test_oprl_step_advantages_and_batch_max_norm_ignore_padded_steps():
+    # one group of two rollouts: row 0 has steps (1, 3) and a padded step, row 1 has step (5) and two
+    # padded ones; the padded steps hold large stray values
+    r = torch.tensor([[1.0, 3.0, 99.0], [5.0, -99.0, 99.0]])
+    valid = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    # valid rewards 1, 3, 5: mean 3, Bessel std 2; 0 on padded steps
+    AS = step_advantages(r, valid, 2)
+    assert_close(AS, torch.tensor([[-2.0, 0.0, 0.0], [2.0, 0.0, 0.0]]) / (2.0 + 1e-6))
+    # two groups of one rollout each: singleton group → var over n−1 clamped, advantage 0 (r − mean)
+    AS1 = step_advantages(r, valid, 1)
+    assert_close(AS1[1], torch.zeros(3))
+    assert_close(AS1[0], torch.tensor([-1.0, 1.0, 0.0]) / (math.sqrt(2.0) + 1e-6))
+    # batch_max: masked rewards (1, 3, 0) and (5, 0, 0); |reverse cumsum| (4, 3, 0) and (5, 0, 0) → max 5
+    out = batch_max_norm(r, valid.float())
+    assert_close(out, torch.tensor([[1.0, 3.0, 0.0], [5.0, 0.0, 0.0]]) / (5.0 + 1e-6))
