@@ -187,10 +187,11 @@ def test_pure_whitening_over_nonzero_tokens():
 
 
 def test_pure_strict_min_form_and_return_baseline():
-    # verl 'strict min-form': G_t = min_{t'≥t} r_t' over all valid tokens (zeros included)
+    # verl 'strict min-form' (branch @ 83f9869, core_algos.py:227-230): G_t = min_{t'≥t} r_t' over the row
+    # padded to N, so the padding zeros enter the min too (tests/test_pure_fidelity.py has the full case)
     p = torch.tensor([[0.5, -0.5], [1.0, 0.2]])
     G0 = [-0.5] * 6  # r = [0,0,.5,0,0,-.5]
-    G1 = [0.0, 0.0, 0.0, 0.2]  # r = [0,1,0,.2]
+    G1 = [0.0, 0.0, 0.0, 0.0]  # r = [0,1,0,.2] then padding 0: min(.2, 0) = 0 at the last token
     b0 = sum(G1) / (1 * 6)  # (Σ_group ΣG − ΣG_i)/((n−1)·N), N = 6
     b1 = sum(G0) / (1 * 6)
     expected = [[g - b0 for g in G0], [g - b1 for g in G1] + [0, 0]]

@@ -17,13 +17,21 @@ return ``G_t = Σ_{t' ≥ t} r_{t'}`` (γ = 1); advantage 0 at every reward posi
 last token) unless ``mask_separator`` is off; then whitening over the batch (mean over the non-zero
 advantages, zeros stay zero; ``replay_buffer.py normalize``).
 
-``form: strict`` (verl ``'strict min-form'``)
-    ``r_k = p_k``, ``G_t = min_{t' ≥ t} r_{t'}`` over *all* valid tokens (non-reward tokens carry 0, so
-    ``G ≤ 0`` when every score is positive — the authors' code does exactly this), then verl's
-    return-level baseline ``G_i −= (Σ_{j∈g} Σ_t G_j − Σ_t G_i)/((n−1)·N)``, ``N`` = padded width.
+With ``mask_separator`` off (``--nomask_separator_adv``) nothing is zeroed and the whitening runs over
+every valid token (mean and variance over all of them): ``normalize`` only excludes zeros in the masked
+mode. OpenRLHF strips each sample's padding before ``normalize`` (``remove_padding_in_sequences``,
+replay_buffer.py:115-148, 185), so its counts are over valid tokens, as crs's.
 
-Deviation [documented]: OpenRLHF's whitening counts ``Σ action_mask − #(A == 0)`` over the *padded*
-tensor, which also subtracts padding positions; crs counts the valid non-zero positions.
+``form: strict`` (verl branch @ 83f9869, ``'strict min-form'``, ``compute_rloo_outcome_advantage``
+core_algos.py:201-255, ``adv_norm: True``)
+    ``r = p_k`` on step ends ``+ vr_coef·solved`` on the last token (VR ∈ {0, 1}, no baseline of its
+    own: ray_trainer.py:1093, reward_manager/prime.py:152); ``G_t = min_{t' ≥ t} r_{t'}`` over the whole
+    row padded to ``N`` = the max generation length (verl pads every response to ``response_length``,
+    vllm_rollout.py:202), so the padding zeros count (non-reward tokens carry 0 too: ``G ≤ 0`` when
+    every score is positive — the authors' code does exactly this); the return-level baseline
+    ``G_i −= (Σ_{j∈g} Σ_t G_j − Σ_t G_i)/((n−1)·N)``; verl's ``masked_whiten`` (unbiased variance,
+    ``rsqrt(var + 1e-8)``). verl has no separator masking: that is ``mask_separator: false``; with it on,
+    crs also zeroes the reward positions and leaves them out of the whitening (a crs combination).
 
 Example::
 
@@ -67,9 +75,13 @@ def token_baseline(R: Tensor, lengths: Tensor, group_size: int) -> Tensor:
     return ((Rg.sum(1, keepdim=True) - Rg) / den).reshape(-1)
 
 
-def whiten_nonzero(A: Tensor, mask: Tensor) -> Tensor:
-    """OpenRLHF ``normalize``: mean over valid non-zero entries, var over all valid entries / that count."""
-    nz = (A != 0) & (mask > 0)
+def whiten_nonzero(A: Tensor, mask: Tensor, keep_zeros: bool = True) -> Tensor:
+    """OpenRLHF ``ReplayBuffer.normalize`` (replay_buffer.py:213-254 @ 41f9363) over the batch.
+
+    ``keep_zeros`` (``mask_separator_adv``): mean over the valid non-zero entries, var over all valid
+    entries / that count, zeros stay 0; off: mean and var over all valid entries, every one whitened.
+    """
+    nz = (A != 0) & (mask > 0) if keep_zeros else mask > 0
     count = nz.sum().clamp(min=1)
     mean = (A * nz).sum() / count
     var = (((A - mean) ** 2) * mask).sum() / count
@@ -81,11 +93,28 @@ def reverse_cumsum(x: Tensor) -> Tensor:
     return x.flip(-1).cumsum(-1).flip(-1)
 
 
-def reverse_cummin(x: Tensor, mask: Tensor) -> Tensor:
-    """``min_{t' ≥ t} x_{t'}`` over valid positions (``+inf`` padding does not count)."""
-    big = torch.finfo(x.dtype).max
-    y = x.masked_fill(mask <= 0, big).flip(-1)
-    return torch.cummin(y, dim=-1).values.flip(-1) * (mask > 0)
+def masked_whiten(A: Tensor, mask: Tensor) -> Tensor:
+    """verl ``masked_whiten`` (verl/utils/torch_functional.py:118-146 @ 83f9869), then ``·mask``.
+
+    Mean and *unbiased* variance over ``mask``, ``(A − mean)·rsqrt(var + 1e-8)``; verl raises on fewer
+    than 2 masked entries, crs skips the Bessel factor there.
+    """
+    m = mask.float()
+    n = m.sum()
+    mean = (A * m).sum() / n.clamp(min=1)
+    var = (((A - mean) ** 2) * m).sum() / n.clamp(min=1)
+    if n > 1:
+        var = var * n / (n - 1)
+    return (A - mean) * torch.rsqrt(var + 1e-8) * m
+
+
+def strict_min_returns(r: Tensor, width: int) -> Tensor:
+    """verl's strict min-form return (core_algos.py:227-230): ``G_t = min_{t' ≥ t} r_{t'}`` over the row
+    padded with zeros to ``width`` columns (``r``: ``[B,T]``, 0 outside the completion; ``width ≥ T``)."""
+    G = torch.cummin(r.flip(-1), dim=-1).values.flip(-1)
+    if width > r.shape[-1]:
+        G = G.clamp(max=0.0)  # every row has padding zeros after it in verl's [B, width] tensor
+    return G
 
 
 def pure_advantages(
@@ -116,7 +145,8 @@ def pure_advantages(
         vr_coef: weight of the verifiable reward (0 = PURE-PRM only).
         mask_separator: advantage 0 at reward positions (OpenRLHF default).
         whiten: normalise over the batch (both codes).
-        width: ``N`` of the strict form's baseline (verl: max response length); default ``T``.
+        width: ``N`` of the strict form (verl: the max generation length, the padded width of its
+            rollouts); default ``T``.
 
     Returns:
         ``[B,T]`` advantages (0 outside ``mask``).
@@ -138,14 +168,15 @@ def pure_advantages(
         v = (v - loo_mean(v, group_size)) * vr_coef
     if form == "strict":
         r = steps.scatter(p)
-        if v is not None:
-            r[rows, last] += v
-        G = reverse_cummin(r, mask)
+        if vr_coef:
+            r[rows, last] += vr_coef * success.float()  # verl: VR ∈ {0, 1}, no LOO of its own
+        N = max(int(width or T), T)
+        G = strict_min_returns(r * mask, N)
         if baseline == "token":
-            N = float(width or T)
             tot = G.sum(-1)
             b = (tot.view(-1, group_size).sum(1, keepdim=True) - tot.view(-1, group_size)).reshape(-1)
-            G = (G - (b / (max(group_size - 1, 1) * N)).unsqueeze(1)) * mask
+            G = G - (b / (max(group_size - 1, 1) * N)).unsqueeze(1)
+        G = G * mask
     else:
         r_step = softmin_step_rewards(p, valid, temperature) if form == "softmin" else p
         if baseline == "token":
@@ -155,10 +186,12 @@ def pure_advantages(
         if v is not None:
             r[rows, last] += v
         G = reverse_cumsum(r * mask) * mask
+    keep = mask
     if mask_separator:
         G = G * (1.0 - steps.end_mask())
+        keep = mask * (1.0 - steps.end_mask())
     if whiten:
-        G = whiten_nonzero(G, mask)
+        G = masked_whiten(G, keep) if form == "strict" else whiten_nonzero(G, mask, keep_zeros=mask_separator)
     return G * mask
 
 
@@ -176,6 +209,7 @@ def produce(view: RolloutView, scores: Tensor, kind: str, args, outcome: Tensor)
         vr_coef=args["vr_coef"],
         mask_separator=args["mask_separator"],
         whiten=args["whiten"],
+        width=getattr(view.trainer, "max_completion_length", None),  # the strict form's N (verl)
     )
     return {"pure_adv": A}
 

@@ -144,16 +144,29 @@ class CreditGRPOTrainer(GRPOTrainer):
     def _micro_steps_per_rollout(self) -> int:
         return self.args.steps_per_generation * self.num_iterations
 
-    def rollout_index(self) -> int:
-        """1-based index of the rollout generated at the current optimizer step (the authors' clock).
+    def _micro_step(self) -> int:
+        """Micro-steps (``training_step`` calls) of the whole run before the current one.
 
-        RLVR-Schedule counts *training iterations* — one rollout each, however many mini-batch updates
-        it feeds — from 1. In TRL a rollout feeds ``steps_per_generation·num_iterations`` micro-steps,
-        i.e. that many ``/ gradient_accumulation_steps`` optimizer steps; derived from ``global_step``
-        so that a resumed run gets the same value.
+        TRL's counter ``_step`` starts at 0 in every trainer, a resumed one included. Its first rollout
+        is the one made with no buffered batch (``_prepare_inputs``), at an optimizer-step boundary, so
+        the micro-steps before it are ``global_step·GA`` (HF's own resume arithmetic); fresh run: 0.
         """
-        ga = self.args.gradient_accumulation_steps
-        return (self.state.global_step * ga) // self._micro_steps_per_rollout() + 1
+        if getattr(self, "_buffered_inputs", None) is None or not hasattr(self, "_crs_micro_base"):
+            self._crs_micro_base = self.state.global_step * self.args.gradient_accumulation_steps - self._step
+        return self._crs_micro_base + self._step
+
+    def rollout_index(self) -> int:
+        """1-based index of the rollout in use at the current micro-step (the authors' clock).
+
+        RLVR-Schedule / verl count *training iterations* — one rollout each, however many mini-batch
+        updates it feeds — from 1. TRL generates when ``_step % (steps_per_generation·num_iterations)
+        == 0`` (``_prepare_inputs``; ``_step`` counts micro-steps), so the k-th generation of a run
+        gets k whatever ``gradient_accumulation_steps`` is; after a resume the count goes on from the
+        restored ``global_step`` (a rollout TRL regenerates mid-way keeps the index of the one it
+        replaces). Counting from ``global_step·GA`` alone repeats indices when GA does not divide
+        ``steps_per_generation·num_iterations`` (GA=2, S=1: 1,1,3,3,... instead of 1,2,3,4).
+        """
+        return self._micro_step() // self._micro_steps_per_rollout() + 1
 
     def total_rollouts(self) -> int:
         ga = self.args.gradient_accumulation_steps
