@@ -10,39 +10,20 @@ rollout are compared with one plain-TRL batch divided by that step's token count
     pytest tests/test_token_mean.py
 """
 
+# ruff: noqa: F811  (model_and_tok is the fixture shared with tests/test_trainer.py)
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-from datasets import Dataset
 from helpers.policy import policy_logps_and_entropies
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from test_trainer import _dataset, model_and_tok, varied_reward  # noqa: F401  (model_and_tok: a fixture)
 from trl import GRPOTrainer
 
 from crs.methods.chain import CreditChain
 from crs.testing import cpu_grpo_config
 from crs.trainers.grpo import CreditGRPOTrainer
-
-
-def varied_reward(completion_ids, **kwargs):
-    """Deterministic reward with within-group variance (a random tiny model rarely solves anything)."""
-    return [float(sum(ids) % 7) / 7.0 for ids in completion_ids]
-
-
-@pytest.fixture(scope="module")
-def model_and_tok(tiny_model_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    return model, tok
-
-
-def _dataset():
-    return Dataset.from_dict(
-        {"prompt": [f"Q: {a}+{b}-{c}\nA:" for a, b, c in [(3, 4, 2), (10, 5, 7), (8, 1, 6), (2, 9, 3)]]}
-    )
 
 
 def _trainer(cls, model_and_tok, tmp_path, args, **crs_kw):
