@@ -9,6 +9,7 @@ gradients are compared with an independent computation of the clipped objective.
     pytest tests/test_clip_scale.py
 """
 
+# ruff: noqa: F811  (model_and_tok is the fixture shared with tests/test_trainer.py)
 from __future__ import annotations
 
 import copy
@@ -16,25 +17,12 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from test_trainer import model_and_tok, varied_reward  # noqa: F401  (model_and_tok: a shared fixture)
 from trl import GRPOTrainer
 
 from crs.methods.chain import CreditChain
 from crs.testing import cpu_grpo_config
 from crs.trainers.grpo import CreditGRPOTrainer
-
-
-def varied_reward(completion_ids, **kwargs):
-    """Deterministic reward with within-group variance (a random tiny model rarely solves anything)."""
-    return [float(sum(ids) % 7) / 7.0 for ids in completion_ids]
-
-
-@pytest.fixture(scope="module")
-def model_and_tok(tiny_model_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    return model, tok
 
 
 def _trainer(model_and_tok, tmp_path, **args):

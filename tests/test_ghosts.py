@@ -3,15 +3,12 @@ pointer to the run that replaced it) when the same command starts again (issue 2
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from test_resume import _crs  # the real `crs train` in a subprocess, as test_resume launches it
 
 OVERRIDES = [
     "debug=fast",
@@ -21,17 +18,6 @@ OVERRIDES = [
     "diagnostics.every=0",
     "trainer.eval_steps=0",
 ]
-
-
-def _crs(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "crs.cli", "train", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
 
 
 @pytest.mark.timeout(900)
