@@ -11,14 +11,15 @@ shows the resolved values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from crs.checks import check_field_ranges, check_names, trl_config_fields
 from crs.embedded import EmbeddedModelConfig
-from crs.errors import ConfigError
+from crs.errors import ConfigError, did_you_mean
 from crs.rollout import GENERATIONS
 from crs.steps.settings import StepsConfig
 
@@ -362,7 +363,11 @@ def validate(cfg: DictConfig):
     return VALIDATED[key]
 
 
-def _validate(cfg: DictConfig):
+def validate_values(cfg: DictConfig) -> None:
+    """Every check of :func:`validate` that needs no method module (so no torch): names, choices,
+    trainer/schedule/runs values, the trainer kind. The CLI runs it, then the resource checks, then
+    :func:`validate`."""
+    check_names(OmegaConf.to_container(cfg, resolve=False))
     seed = cfg.get("seed")
     _check(
         isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
@@ -413,11 +418,15 @@ def _validate(cfg: DictConfig):
             "use trainer.generation=static otherwise",
         )
     if t.extra:
-        from trl import GRPOConfig
+        from crs.trainers import TRAINERS
 
-        known = {f.name for f in fields(GRPOConfig)}
+        kind = TRAINERS.get(t.kind)
+        known, cls = trl_config_fields(kind.trl_class) if kind else (None, "GRPOConfig")
         for key in t.extra:
-            _check(key in known, f"trainer.extra.{key} is not a GRPOConfig field")
+            _check(
+                known is None or key in known,
+                f"trainer.extra.{key} is not a {cls} field{did_you_mean(str(key), known or ())}",
+            )
     s = cfg.schedule
     from crs.schedules import SCHEDULES, check_schedule, schedule_from_cfg
 
@@ -436,16 +445,6 @@ def _validate(cfg: DictConfig):
     from crs.trainers import TRAINERS
 
     _check(t.kind in TRAINERS, f"trainer.kind must be one of {', '.join(TRAINERS)} (got {t.kind!r})")
-    from crs.methods import load_source
-    from crs.methods.chain import CreditChain
-
-    if cfg.method.get("source"):
-        load_source(cfg.method.source)  # a method defined in the user's own file
-    chain = CreditChain(cfg.method.credit)  # raises ConfigError on unknown steps/arguments
-    from crs.steps.hook import validate_steps
-
-    validate_steps(cfg, chain)  # method.steps: scorer, vote, a process verifier where one is needed
-    chain.check_run(cfg)  # each method's declarations: trainer kind, benchmark kind, processes, own checks
     r = cfg.get("runs")
     if r is not None:
         _check(
@@ -470,8 +469,23 @@ def _validate(cfg: DictConfig):
             Path(resume).expanduser().exists(),
             f"resume: no such checkpoint folder {resume!r} (or use auto / never)",
         )
+    check_field_ranges(cfg)
     d = cfg.diagnostics
     _check(d.every >= 0 and d.bins >= 1, "diagnostics.every must be >= 0 and diagnostics.bins >= 1")
     if cfg.get("inject_failure_at_step") is not None:
         _check(cfg.inject_failure_at_step >= 0, "inject_failure_at_step must be >= 0 or null")
+
+
+def _validate(cfg: DictConfig):
+    validate_values(cfg)
+    from crs.methods import load_source
+    from crs.methods.chain import CreditChain
+
+    if cfg.method.get("source"):
+        load_source(cfg.method.source)  # a method defined in the user's own file
+    chain = CreditChain(cfg.method.credit)  # raises ConfigError on unknown steps/arguments
+    from crs.steps.hook import validate_steps
+
+    validate_steps(cfg, chain)  # method.steps: scorer, vote, a process verifier where one is needed
+    chain.check_run(cfg)  # each method's declarations: trainer kind, benchmark kind, processes, own checks
     return chain

@@ -17,7 +17,8 @@ def unknown_option(err: BaseException) -> str | None:
     from crs.locations import CONF_DIR
 
     group, name = m.group(1), m.group(2)
-    options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    root = Path(CONF_DIR) / group
+    options = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
     if not options:
         return None
     return (

@@ -37,7 +37,7 @@ def test_invalid_value_is_one_line_before_any_model_loads(tmp_path):
         (["trainer.max_steps=abc"], "max_steps"),
         (
             ["schedule=nope"],
-            "schedule=nope is not an option; choose one of: constant, cosine, gamma, linear, sigmoid, step",
+            "schedule=nope is not an option; choose one of: constant, cosine, gamma, linear, sigmoid",
         ),
         (["method=tp_schedule", "method.credit.tp_schedule.reward_on=middle"], "reward_on"),
     ]:

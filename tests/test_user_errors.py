@@ -11,7 +11,7 @@ from conftest import run_crs
     [
         ("shedule=linear", "shedule is not a config key (did you mean schedule?)"),
         ("trainer.lrr=1", "trainer.lrr is not a config key (did you mean lr?)"),
-        ("method=grpp", "method=grpp is not an option (did you mean grpo?)"),
+        ("method=grpp", "method=grpp is not an option (did you mean grpo"),
         ("trainer.lr=-1", "trainer.lr must be > 0"),
     ],
 )

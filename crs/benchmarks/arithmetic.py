@@ -27,9 +27,10 @@ import random
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset
+if TYPE_CHECKING:  # imported where used: the config schema above must not load datasets
+    from datasets import Dataset
 
 from crs.benchmarks import Benchmark, register_benchmark
 
@@ -258,6 +259,8 @@ def sample_problems(
 
 
 def _to_dataset(problems: list[Problem]) -> Dataset:
+    from datasets import Dataset
+
     return Dataset.from_dict(
         {"prompt": [p.prompt for p in problems], "answer": [str(p.answer) for p in problems]}
     )
@@ -304,6 +307,8 @@ def sft_dataset(
         completions.append(solution_text(p, wrong, delta))
         answers.append(str(p.answer))
         noisy.append(wrong is not None)
+    from datasets import Dataset
+
     return Dataset.from_dict(
         {"prompt": prompts, "completion": completions, "answer": answers, "noisy": noisy}
     )

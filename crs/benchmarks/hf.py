@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset
+if TYPE_CHECKING:  # imported where used: the config check reads FILE_BUILDERS without loading datasets
+    from datasets import Dataset
 
 from crs.benchmarks import Benchmark, register_benchmark
 from crs.errors import ConfigError
@@ -116,6 +117,8 @@ def _prepare(ds: Dataset, cfg: Mapping[str, Any], n: int | None, seed: int | Non
         ds = ds.shuffle(seed=seed)
     if n is not None:
         ds = ds.select(range(min(n, len(ds))))
+    from datasets import Dataset
+
     rows = {
         "prompt": [_prompt(x, cfg) for x in ds[q]],
         "answer": [reference_answer(x, cfg["answer_format"]) for x in ds[a]],
@@ -133,6 +136,8 @@ def sft_from_solutions(ds: Dataset, cfg: Mapping[str, Any]) -> Dataset:
             body = re.sub(r"<<[^>]*>>", "", body).strip()
             return f"{body}\nThe answer is \\boxed{{{final.strip()}}}."
         return sol
+
+    from datasets import Dataset
 
     return Dataset.from_dict(
         {"prompt": [_prompt(x, cfg) for x in ds[q]], "completion": [completion(s) for s in ds[a]]}
