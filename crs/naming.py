@@ -73,6 +73,8 @@ def run_name(cfg: Any, ctx: Mapping[str, Any], parent: Mapping[str, Any] | None)
     swept = set(parent.get("swept_keys", [])) if parent else set()
     if loss and (loss != default_choice("loss") or "loss" in swept):
         parts.append(str(loss))
+    if not parent:  # a top-level run: say where it differs from the default task and model size
+        parts += _task_and_size(cfg, choices)
     for ov in ctx.get("overrides", []) if parent else []:
         key, _, value = ov.lstrip("+~").partition("=")
         if key in swept and key not in ("method", "schedule", "loss", "seed"):
@@ -81,6 +83,26 @@ def run_name(cfg: Any, ctx: Mapping[str, Any], parent: Mapping[str, Any] | None)
             parts.append(_short(key, value) if "." in key else value)
     parts.append(f"s{cfg.seed}")
     return SEP.join(parts)
+
+
+def _task_and_size(cfg: Any, choices: Mapping[str, Any]) -> list[str]:
+    """``[benchmark][, model or embedded size]`` where they differ from ``conf/train.yaml``'s defaults, so two
+    top-level runs from different tasks or sizes do not both read ``grpo·s0`` (``grpo·arithmetic_easy·h64x2·s0``)."""
+    out = []
+    bench = choices.get("benchmark") or cfg.get("benchmark", {}).get("name")
+    if bench and bench != default_choice("benchmark"):
+        out.append(str(bench))
+    model = choices.get("model")
+    if model and model != default_choice("model"):
+        out.append(str(model))
+    elif cfg.get("model") is not None and cfg.model.get("embedded") is not None:
+        from crs.embedded import EmbeddedModelConfig
+
+        emb, ref = cfg.model.embedded, EmbeddedModelConfig()
+        h, n = emb.get("hidden_size", ref.hidden_size), emb.get("num_layers", ref.num_layers)
+        if (h, n) != (ref.hidden_size, ref.num_layers):
+            out.append(f"h{h}x{n}")
+    return out
 
 
 def job_tags(cfg: Any, ctx: Mapping[str, Any]) -> dict[str, str]:
@@ -159,10 +181,21 @@ def read_skips(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: int(s["job_num"]) if str(s["job_num"]).isdigit() else 0)
 
 
-def parent_name(config_name: str, keys: list[str]) -> str:
-    """``sweep methods_x_schedules: method × schedule × seed``."""
-    grid = " × ".join(keys) or "one job"
-    return f"sweep {config_name}: {grid}" if config_name and config_name != "train" else f"sweep: {grid}"
+def parent_name(config_name: str, keys: list[str], grid: Mapping[str, list[str]] | None = None) -> str:
+    """``sweep methods_x_schedules: method × schedule × seed``; an ad-hoc ``crs train -m`` grid is named by
+    its varied overrides: ``sweep: method=grpo,tp_schedule × seed=0,1`` (long lists as ``seed (5)``)."""
+    if config_name and config_name != "train":
+        return f"sweep {config_name}: {' × '.join(keys) or 'one job'}"
+    parts = []
+    for k in keys:
+        values = list((grid or {}).get(k) or [])
+        if not values:
+            parts.append(k)
+        elif len(values) <= 4 and len(",".join(values)) <= 40:
+            parts.append(f"{k}={','.join(values)}")
+        else:
+            parts.append(f"{k} ({len(values)})")
+    return f"sweep: {' × '.join(parts) or 'one job'}"
 
 
 def parent_description(

@@ -225,3 +225,59 @@ def schedule_from_cfg(cfg: Mapping[str, Any]) -> Schedule:
     # fail early on a bad config, not at step 1
     schedule_value(name, 0.0, **params)
     return Schedule(name, params)
+
+
+# a schedule that moves ρ over fewer rollouts than this cannot show what the schedule does
+MIN_WINDOW = 10
+
+
+def short_run_warning(
+    cfg: Mapping[str, Any], knobs: Sequence[str], total: int, method: str = ""
+) -> str | None:
+    """One line when a run is too short for its schedule to separate the method from the others, else None.
+
+    ``knobs`` are the driven knobs (``[]``: the method ignores ρ, nothing to warn about), ``total`` the
+    run's number of rollouts. Warns when ρ = 0 at every rollout (the knob sits at its neutral value: the
+    method *is* GRPO), or when a moving schedule's window ``int(T·end) − int(T·start)`` is under
+    :data:`MIN_WINDOW` rollouts (``debug=fast``: 3 rollouts, ρ 0.49 → 0 after one of them).
+    """
+    if not knobs or total < 1:
+        return None
+    sched = schedule_from_cfg(cfg)
+    rhos = [sched.at_step(s, total) for s in range(1, total + 1)]
+    zero = sum(r == 0.0 for r in rhos)
+    who = method or "the method"
+    name = cfg["name"]
+    if zero == total:
+        why = f"ρ = 0 at every rollout, so {who} is plain GRPO for the whole run"
+    elif (
+        name != "constant"
+        and int(total * cfg.get("end", 0.8)) - int(total * cfg.get("start", 0.0)) < MIN_WINDOW
+    ):
+        span = max(cfg.get("end", 0.8) - cfg.get("start", 0.0), 1e-9)
+        need = math.ceil((MIN_WINDOW + 1) / span)
+        why = (
+            f"schedule={name} moves ρ {rhos[0]:.2f} → {rhos[-1]:.2f} within {total} rollout(s) and {who} equals "
+            f"GRPO on {zero} of them; give it ≥ {need} rollouts (trainer.max_steps)"
+        )
+    else:
+        return None
+    return f"crs: warning: run too short for its schedule — methods will look alike: {why}"
+
+
+def run_rollouts(trainer: Any, max_steps: int) -> int:
+    """Rollouts a run of ``max_steps`` optimizer steps makes (before ``train()`` sets TRL's state)."""
+    try:
+        ga = trainer.args.gradient_accumulation_steps
+        return max(1, math.ceil(max_steps * ga / trainer._micro_steps_per_rollout()))
+    except Exception:
+        return int(max_steps)
+
+
+def warn_if_short(
+    cfg: Any, knobs: Sequence[str], trainer: Any, method: str, echo: Callable[[str], Any]
+) -> None:
+    """Call :func:`short_run_warning` for a configured run and print its line (train start)."""
+    line = short_run_warning(cfg.schedule, knobs, run_rollouts(trainer, int(cfg.trainer.max_steps)), method)
+    if line:
+        echo(line)

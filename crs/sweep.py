@@ -136,7 +136,7 @@ class MlflowSweepCallback(Callback):
         config_name = str(config.hydra.job.get("config_name") or "train")
         run = client.create_run(
             exp_id,
-            run_name=parent_name(config_name, keys),
+            run_name=parent_name(config_name, keys, grid),
             tags={
                 "crs.role": "sweep",
                 "sweep_id": sweep_id,

@@ -99,6 +99,14 @@ def install_view(uri: str, exp_id: str, parent_id: str | None) -> None:
         "runsPinned": [],
         "runsHidden": [],
         "hideEmptyCharts": True,
+        # Group by: method — one row per method, and in the charts a mean line and min-max band per method
+        # over its seeds (MLflow 3.x RunsGroupByConfig; the UI's "Group by" menu writes the same)
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": "method"}],
+        },
+        "groupsExpanded": {},
+        "useGroupedValuesInCharts": True,
     }
     MlflowClient(uri).set_experiment_tag(exp_id, SHARED_VIEW_TAG + VIEW_KEY, json.dumps(state))
 

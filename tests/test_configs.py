@@ -43,7 +43,7 @@ def _option_values(group: str, option: str) -> tuple[dict, list[tuple[str, str]]
         for part in reversed(package.split(".")):
             data = {part: data}
     overrides = [
-        (k[len("override /") :], v)
+        (k[len("override /") :].split("@")[0], v)  # `override /schedule@_global_.schedule` -> schedule
         for d in defaults
         if isinstance(d, dict)
         for k, v in d.items()
@@ -69,6 +69,10 @@ def test_every_option_composes_and_validates(group, option):
         credit = OmegaConf.load(CONF / "method" / f"{option}.yaml").get("credit") or {}
         if any(n in METHODS and "single_turn" not in METHODS[n].benchmarks for n in credit):
             extra = ["benchmark=maze"]
+        if "f_grpo" in credit:  # per-phase credit needs a benchmark with slate and ranking parts
+            extra = ["benchmark=slate_rank"]
+        if any(n in METHODS and "grpo" not in METHODS[n].trainers for n in credit):  # preference methods
+            extra = ["trainer=dpo"]
     cfg = compose([f"{group}={option}", *extra])
     chain = validate(cfg)
     method = OmegaConf.to_container(cfg.method, resolve=True)
@@ -134,7 +138,9 @@ def test_sweep_grids_compose(grid):
 def test_defaults():
     cfg = compose([])
     assert (
-        cfg.method.name == "grpo" and cfg.schedule.name == "linear" and cfg.trainer.loss_type == "token_mean"
+        cfg.method.name == "grpo"
+        and cfg.schedule.name == "constant"
+        and cfg.trainer.loss_type == "token_mean"
     )
     assert cfg.tracking.name == "mlflow" and cfg.model.name_or_path is None
 

@@ -343,3 +343,36 @@ def test_old_loss_time_clock_differs():
     old = [schedule_value("linear", s / 101) for s in range(101)]
     new = [schedule_at_step("linear", s, 101) for s in range(1, 102)]
     assert max(abs(a - b) for a, b in zip(old, new)) > 1e-3
+
+
+# --- issue 23: a run too short for its schedule says so (crs/schedules.py short_run_warning) ---
+
+
+def _short_warning(*overrides: str, total: int | None = None):
+    from crs.cli import compose
+    from crs.naming import driven_knobs
+    from crs.schedules import short_run_warning
+
+    cfg = compose(list(overrides))
+    n = total if total is not None else int(cfg.trainer.max_steps)
+    return short_run_warning(cfg.schedule, driven_knobs(cfg.method.credit), n, cfg.method.name)
+
+
+def test_short_run_warns_for_debug_fast_tp_schedule():
+    line = _short_warning("debug=fast", "method=tp_schedule")
+    assert line and line.startswith("crs: warning:") and "\n" not in line
+    assert (
+        "look alike" in line and "schedule=linear" in line and "tp_schedule equals GRPO on 2 of them" in line
+    )
+
+
+def test_short_run_silent_for_default_runs():
+    assert _short_warning() is None  # grpo: nothing driven
+    assert _short_warning("method=tp_schedule") is None  # 300 rollouts, a 240-rollout window
+    assert _short_warning("debug=fast", "method=pure") is None  # constant ρ = 1: PURE all the way
+    assert _short_warning("debug=fast") is None  # grpo has no knob to compare
+
+
+def test_short_run_warns_when_rho_is_zero_throughout():
+    line = _short_warning("method=pure", "schedule=constant", "schedule.m=0")
+    assert line and "plain GRPO for the whole run" in line

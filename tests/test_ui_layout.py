@@ -141,3 +141,22 @@ def test_ui_links_and_command(tmp_path):
     assert urls["last sweep (parent run)"].startswith(f"http://h:1/#/experiments/{other}/runs/{parent}?")
     cmd = server_command(uri, "127.0.0.1", 5000, 1)
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"] and cmd[cmd.index("--workers") + 1] == "1"
+
+
+def test_saved_view_groups_by_method_and_expands_the_last_sweep(tmp_path):
+    """Issue 23: comparing across seeds needs "Group by: method" (mean line and band per method)."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from crs.ui import SHARED_VIEW_TAG, VIEW_KEY, install_view
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    parent = client.create_run(exp, run_name="sweep: method=grpo,tp_schedule × seed=0,1").info.run_id
+    install_view(uri, exp, parent)
+    state = json.loads(client.get_experiment(exp).tags[SHARED_VIEW_TAG + VIEW_KEY])
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "method"}]
+    assert state["groupBy"]["aggregateFunction"] == "average" and state["useGroupedValuesInCharts"]
+    assert state["runsExpanded"] == {parent: True}

@@ -232,6 +232,12 @@ def ensure_env_policy(
     final = Path(cache_dir) / f"envpolicy-{bench_cfg['name']}-{cache_key(pcfg, bench_cfg)}"
 
     def build(tmp: Path) -> None:
+        if show_progress:  # minutes of SFT follow: say what and why before they start
+            print(
+                f"crs: building the {bench_cfg['name']} policy once (chat tokenizer + toy Qwen2 + SFT warm start, "
+                f"{pcfg.sft_steps} steps); cached in {final}",
+                flush=True,
+            )
         bench = build_benchmark(bench_cfg, pcfg.seed)
         t0 = time.perf_counter()
         model, tok, info = build_policy(pcfg, bench, show_progress=show_progress)
