@@ -622,3 +622,102 @@ def test_credit_localization_columns_read_the_ui_layout(tmp_path, capsys):
     (cell,) = data["cells"]
     assert data["columns"]["loc_adv_share"]["title"] == "credit on decisive (adv)"
     assert cell["metrics"]["loc_adv_share"]["mean"] == pytest.approx((0.3 + 0.7) / 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# --export / --from (crs/compare/export.py): an export renders exactly what the store renders
+
+
+def _render(capsys, *argv):
+    capsys.readouterr()
+    main(list(argv))
+    return capsys.readouterr().out
+
+
+def test_export_round_trip_renders_the_same_tables(store, capsys, tmp_path):
+    from crs.compare.export import FORMAT
+
+    path = tmp_path / "results" / "x.json"
+    _render(capsys, "--last", "--uri", store["uri"], "--format", "json", "--export", str(path))
+    data = json.loads(path.read_text())
+    assert data["format"] == FORMAT
+    prov = data["provenance"]
+    assert prov["command"].startswith("crs compare --last --uri ") and prov["command"].endswith(str(path))
+    assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
+    assert {"crs", "trl", "torch", "transformers"} <= set(prov["versions"])
+    assert len(prov["config_hash"]) == 16 and prov["date"].endswith("+00:00")
+    cell = next(c for c in data["table"]["cells"] if c["label"] == "grpo · cosine")
+    assert [r["status"] for r in cell["runs"]].count("FAILED") == 1 and cell["n_finished"] == 2
+    fin = [r for r in cell["runs"] if r["status"] == "FINISHED"]
+    assert [r["seed"] for r in fin] == ["0", "1"]  # per-seed values, in seed order
+    assert cell["metrics"]["eval_accuracy_end"]["mean"] == pytest.approx(0.42)
+    assert sorted(r["values"]["eval_accuracy_end"] for r in fin) == pytest.approx([0.40, 0.44])
+    for fmt in ("markdown", "csv", "json"):
+        live = _render(capsys, "--last", "--uri", store["uri"], "--format", fmt)
+        again = _render(capsys, "--from", str(path), "--format", fmt)
+        if fmt == "json":  # where it came from says "export": the table itself is equal
+            live, again = json.loads(live), json.loads(again)
+            live.pop("selection"), again.pop("selection")
+            for c in (*live["cells"], *again["cells"]):  # an export lists a cell's runs by seed
+                c["runs"].sort(key=lambda r: r["run_id"])
+        assert again == live, fmt
+    assert _render(capsys, "--from", str(path), "--markdown") == _render(
+        capsys, "--last", "--uri", store["uri"], "--markdown"
+    )
+    assert "grpo · cosine: 1 FAILED (seed 2)" in _render(capsys, "--from", str(path))  # the rich table
+
+
+def test_export_csv_has_provenance_and_per_seed_values(store, capsys, tmp_path):
+    path = tmp_path / "x.csv"
+    _render(capsys, "--last", "--uri", store["uri"], "--export", str(path))
+    text = path.read_text()
+    head = [ln for ln in text.splitlines() if ln.startswith("#")]
+    assert any(ln.startswith("# git_commit: ") for ln in head) and any("config_hash" in ln for ln in head)
+    rows = list(
+        csv.DictReader(io.StringIO("\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))))
+    )
+    row = next(r for r in rows if (r["method"], r["schedule"]) == ("grpo", "cosine"))
+    assert sorted(json.loads(row["eval_accuracy_end_values"])) == pytest.approx([0.40, 0.44])
+    assert json.loads(row["seeds"]) == ["0", "1"]
+
+
+def test_numbers_ignore_provenance_and_timing_but_not_values(store, capsys, tmp_path):
+    from crs.compare.export import differences, numbers, read_export
+
+    path = tmp_path / "x.json"
+    _render(capsys, "--last", "--uri", store["uri"], "--export", str(path))
+    a = read_export(path)
+    b = json.loads(json.dumps(a))
+    b["provenance"]["git_commit"], b["source"]["uri"] = "0" * 40, "sqlite:////elsewhere.db"
+    b["table"]["cells"][0]["runs"][0]["run_id"] = "another"
+    b["table"]["cells"][0]["metrics"]["train_time_s"]["mean"] += 3.0  # wall clock never reproduces
+    assert differences(numbers(a), numbers(b)) == []
+    b["table"]["cells"][0]["metrics"]["eval_accuracy_end"]["mean"] += 1e-6
+    b["table"]["cells"][1]["runs"][0]["values"]["entropy_last"] += 1e-6
+    diff = differences(numbers(a), numbers(b))
+    assert len(diff) == 2 and "eval_accuracy_end/mean" in diff[0] and "entropy_last" in diff[1]
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--from", "{tmp}/missing.json"], "no such file"),
+        (["--from", "{tmp}/bad.json"], "not a JSON export"),
+        (["--from", "{tmp}/other.json"], "not a crs compare export"),
+        (["--from", "{tmp}/x.csv"], "read the .json export"),
+        (["--last", "--export", "{tmp}/x.txt"], "must end in .json or .csv"),
+        (["--from", "{tmp}/other.json", "--plot", "p"], "--from renders an export as it is"),
+        (["--from", "{tmp}/other.json", "--export", "{tmp}/y.json"], "exported already"),
+        (["--markdown", "--format", "csv", "--last"], "ask for two formats"),
+    ],
+)
+def test_export_bad_input_is_one_line_exit_2(argv, needle, capsys, tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.strip().splitlines()[-1].startswith(("crs: error:", "crs compare: error:"))
+    assert not (tmp_path / "y.json").exists()

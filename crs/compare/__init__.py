@@ -17,13 +17,16 @@ The package reads in four parts, each on its own:
 - :mod:`~crs.compare.cells` — runs → cells (pandas ``groupby``) and their statistics;
 - :mod:`~crs.compare.statistics` — the bootstrap interval and steps-to-threshold;
 - :mod:`~crs.compare.render` — rich table, csv, markdown, json; :mod:`~crs.compare.plots` — PNGs;
-- :mod:`~crs.compare.publish` — the table and plots as the sweep parent's artifacts and description.
+- :mod:`~crs.compare.publish` — the table and plots as the sweep parent's artifacts and description;
+- :mod:`~crs.compare.export` — ``--export`` (rows, per-seed values, provenance) and ``--from`` (render it).
 
     crs compare                                   # the last sweep (or every run of experiment "crs")
     crs compare --last --plot plots               # + PNGs in plots/, also logged to the parent run
     crs compare --sweep 3fa2c1d0                  # a sweep id, a parent run id, or a sweep dir
     crs compare --sweep multirun/2026-01-01/12-00-00 --format markdown > table.md
     crs compare --experiment crs --format json --threshold 0.8 --metric final/reward_last10
+    crs compare --last --export results/smoke.json  # commit it; make results SWEEP=smoke rebuilds it
+    crs compare --from results/smoke.json --markdown
 """
 
 from crs.compare.cells import Comparison, load

@@ -1,4 +1,8 @@
-"""``crs compare`` command line: parse, select, load, render, plot."""
+"""``crs compare`` command line: parse, select (a store, or ``--from`` an export), load, render, plot, export.
+
+crs compare --last --export results/smoke.json   # the table's rows + provenance, for committing
+crs compare --from results/smoke.json --markdown # render an export without a store
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import sys
 from pathlib import Path
 
 from crs.compare.cells import load, parse_metric_arg
+from crs.compare.export import from_export, read_export, write_export
 from crs.compare.plots import log_plots, plot
 from crs.compare.render import render_table, to_csv, to_json, to_markdown
 from crs.compare.selection import CompareError, resolve
@@ -24,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--last", action="store_true", help="the most recent sweep (parent run tagged crs.role=sweep)"
     )
+    sel.add_argument(
+        "--from",
+        dest="from_export",
+        metavar="FILE.json",
+        help="render a table from an export (crs compare --export) instead of a store",
+    )
     p.add_argument(
         "--uri",
         default=None,
@@ -34,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("table", "csv", "markdown", "json"),
         default="table",
         help="table (rich, default) or machine-readable output on stdout",
+    )
+    p.add_argument("--markdown", action="store_true", help="the same as --format markdown")
+    p.add_argument(
+        "--export",
+        metavar="FILE",
+        default=None,
+        help="also write the rows, per-seed values and provenance to FILE (.json, or .csv)",
     )
     p.add_argument(
         "--plot", metavar="DIR", default=None, help="write learning curves and heatmaps (PNG) to DIR"
@@ -58,14 +76,30 @@ def main(argv: list[str]) -> None:
     Args:
         argv: the arguments after ``compare``.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.markdown:
+        if args.format not in ("table", "markdown"):
+            parser.error(f"--markdown and --format {args.format} ask for two formats")
+        args.format = "markdown"
+    if args.from_export and (args.plot or args.metric or args.uri):
+        parser.error("--from renders an export as it is: --plot, --metric and --uri need a store")
+    if args.from_export and args.export:
+        parser.error("--from and --export: an export is exported already (copy the file)")
+    if args.export and Path(args.export).suffix not in (".json", ".csv"):
+        parser.error(f"--export {args.export}: the file must end in .json or .csv")
     extra = [parse_metric_arg(m) for m in args.metric]
     machine = args.format != "table"
     # machine formats keep stdout parseable: every human message goes to stderr
     info = sys.stderr if machine else sys.stdout
     try:
-        sel = resolve(args)
-        cmp = load(sel, args.threshold, extra)
+        if args.from_export:
+            cmp = from_export(read_export(args.from_export), args.from_export)
+        else:
+            cmp = load(resolve(args), args.threshold, extra)
+        if args.export:
+            path = write_export(cmp, args.export, argv)
+            print(f"crs compare: wrote {path}", file=info, flush=True)
     except CompareError as err:
         print(f"crs: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)  # a user error: the same exit code as a config error of every other verb
