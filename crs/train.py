@@ -283,76 +283,42 @@ def _train(
     from crs.benchmarks import build_benchmark
     from crs.progress import RichProgressCallback, console, summary_table
     from crs.runs.distributed import Processes
-    from crs.schedules import schedule_from_cfg
-    from crs.trainers import trainer_class
+    from crs.schedules import schedule_from_cfg, warn_if_short
 
     procs = Processes.from_env()
     main = procs.main
     threads = set_threads(cfg, ctx)
     set_seed(cfg.seed)
     bench = build_benchmark(cfg.benchmark, cfg.seed)
-    model_path, pretrain_report = resolve_model_path(cfg)
+    credit = credit if credit is not None else validate(cfg)  # built once per run
+    if cfg.trainer.kind == "dpo":  # the embedded model's contrastive warm start (crs/prefs/warmstart.py)
+        from crs.trainers.dpo import dpo_model_path
+
+        model_path, pretrain_report = dpo_model_path(cfg, credit)
+    else:
+        model_path, pretrain_report = resolve_model_path(cfg)
     if pretrain_report is not None:
         tracker.log_dict(pretrain_report, "model/pretrain_report.json")
     set_seed(cfg.seed)
     model, tokenizer = load_model(cfg, model_path)
-    args = grpo_args(cfg, output_dir, n_params=sum(p.numel() for p in model.parameters()))
-    if not args.use_cpu:
-        from crs.precision import configure_cuda_attention
+    if cfg.trainer.kind == "dpo":  # TRL DPOTrainer on preference pairs (crs/trainers/dpo.py, crs/prefs)
+        from crs.trainers.dpo import build_dpo_trainer
 
-        configure_cuda_attention(cfg.trainer.cudnn_attention)
-    tracker.log_dict(json.loads(args.to_json_string()), "config/grpo_config.json")
-    reward_funcs = list(bench.reward_funcs)
-    if cfg.trainer.soft_overlong_cache:
-        from trl.rewards import get_soft_overlong_punishment
-
-        reward_funcs.append(
-            get_soft_overlong_punishment(cfg.trainer.max_completion_length, cfg.trainer.soft_overlong_cache)
+        trainer, args, eval_ds = build_dpo_trainer(
+            cfg,
+            model,
+            tokenizer,
+            bench,
+            model_path,
+            output_dir,
+            credit,
+            schedule_from_cfg(cfg.schedule),
+            tracker,
         )
-    peft_config = None
-    if cfg.model.lora.enabled:
-        from peft import LoraConfig
-
-        lora = cfg.model.lora
-        peft_config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
+    else:
+        trainer, args, eval_ds = _grpo_trainer(
+            cfg, model, tokenizer, bench, model_path, output_dir, tracker, credit
         )
-    eval_ds = bench.eval.select(range(min(cfg.trainer.eval_prompts, len(bench.eval))))
-    from crs.steps.hook import StepHook
-
-    credit = credit if credit is not None else validate(cfg)  # built once per run
-    step_hook = StepHook(credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir)
-    rollouts = None
-    for method, _ in credit.hooked("rollouts"):  # a method that generates its own rollouts (R³L)
-        rollouts = method.rollouts(
-            credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir
-        )
-    trainer = trainer_class(cfg.trainer.kind)(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=bench.train,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        credit=credit,
-        step_hook=step_hook,
-        schedule=schedule_from_cfg(cfg.schedule),
-        filter_zero_std_groups=cfg.trainer.filter_zero_std_groups,
-        diagnostics_every=cfg.diagnostics.every,
-        diagnostics_bins=cfg.diagnostics.bins,
-        diagnostics_kl=cfg.diagnostics.kl,
-        sample_steps=_sample_steps(cfg.trainer.max_steps, cfg.tracking.sample_steps),
-        sample_size=cfg.tracking.sample_size,
-        environment_factory=bench.info.get("environment_factory"),  # multi-turn benchmarks (crs/envs)
-        generation=cfg.trainer.generation,
-        opmd_tau=cfg.trainer.opmd_tau if cfg.trainer.loss_type == "opmd" else None,
-        rollouts=rollouts,
-    )
     trainer.remove_callback(PrinterCallback)
     cb = tracker.callback()
     if cb is not None:
@@ -378,6 +344,7 @@ def _train(
     schedule = choices.get("schedule", cfg.schedule.name) if knobs else "none"
     title = f"{choices.get('method', cfg.method.name)} × {schedule} (seed {cfg.seed})"
     trainer.add_callback(RichProgressCallback(title, show_rho=bool(knobs)))
+    warn_if_short(cfg, knobs, trainer, title, print)  # a run too short for its schedule: one line
     if cfg.get("inject_failure_at_step") is not None:
         trainer.add_callback(_inject_failure(int(cfg.inject_failure_at_step)))
     console.print(
@@ -444,6 +411,71 @@ def _train(
     del trainer, model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return summary
+
+
+def _grpo_trainer(cfg, model, tokenizer, bench, model_path, output_dir, tracker, credit):
+    """The run's CreditGRPOTrainer (crs/trainers/grpo.py); returns ``(trainer, args, eval_ds)``."""
+    from crs.schedules import schedule_from_cfg
+    from crs.trainers import trainer_class
+
+    args = grpo_args(cfg, output_dir, n_params=sum(p.numel() for p in model.parameters()))
+    if not args.use_cpu:
+        from crs.precision import configure_cuda_attention
+
+        configure_cuda_attention(cfg.trainer.cudnn_attention)
+    tracker.log_dict(json.loads(args.to_json_string()), "config/grpo_config.json")
+    reward_funcs = list(bench.reward_funcs)
+    if cfg.trainer.soft_overlong_cache:
+        from trl.rewards import get_soft_overlong_punishment
+
+        reward_funcs.append(
+            get_soft_overlong_punishment(cfg.trainer.max_completion_length, cfg.trainer.soft_overlong_cache)
+        )
+    peft_config = None
+    if cfg.model.lora.enabled:
+        from peft import LoraConfig
+
+        lora = cfg.model.lora
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+    eval_ds = bench.eval.select(range(min(cfg.trainer.eval_prompts, len(bench.eval))))
+    from crs.steps.hook import StepHook
+
+    credit = credit if credit is not None else validate(cfg)  # built once per run
+    step_hook = StepHook(credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir)
+    rollouts = None
+    for method, _ in credit.hooked("rollouts"):  # a method that generates its own rollouts (R³L)
+        rollouts = method.rollouts(
+            credit, cfg.method.steps, bench, tokenizer, model_path, cfg.paths.cache_dir
+        )
+    trainer = trainer_class(cfg.trainer.kind)(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=bench.train,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        credit=credit,
+        step_hook=step_hook,
+        schedule=schedule_from_cfg(cfg.schedule),
+        filter_zero_std_groups=cfg.trainer.filter_zero_std_groups,
+        diagnostics_every=cfg.diagnostics.every,
+        diagnostics_bins=cfg.diagnostics.bins,
+        diagnostics_kl=cfg.diagnostics.kl,
+        sample_steps=_sample_steps(cfg.trainer.max_steps, cfg.tracking.sample_steps),
+        sample_size=cfg.tracking.sample_size,
+        environment_factory=bench.info.get("environment_factory"),  # multi-turn benchmarks (crs/envs)
+        generation=cfg.trainer.generation,
+        opmd_tau=cfg.trainer.opmd_tau if cfg.trainer.loss_type == "opmd" else None,
+        rollouts=rollouts,
+    )
+    return trainer, args, eval_ds
 
 
 def _inject_failure(step: int):

@@ -148,3 +148,39 @@ def test_r3l_retry_generation_contract():
         'reset_kwargs = {k: v for k, v in x.items() if k != "environment"} if self._multi_environment else x'
         in gen
     )
+
+
+def test_dpo_trainer_contract():
+    """crs/trainers/dpo.py: the collator it extends, the columns it keeps, the loss it wraps (a forward hook keeps
+    the policy's per-token log-probs of TRL's first call of ``model``) and the evaluation it replaces."""
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    assert _params(DataCollatorForPreference.torch_call) == ["self", "examples"]
+    coll = inspect.getsource(DataCollatorForPreference.torch_call)
+    assert 'chosen_mask = [[0] * len(example["prompt_ids"]) + [1] * len(example["chosen_ids"])' in coll
+    assert "sl = slice(None, self.max_length)" in coll and "sl = slice(-self.max_length, None)" in coll
+    assert 'padding_side="right"' in coll
+    assert "input_ids = prompt_chosen_ids + prompt_rejected_ids" in coll  # rows [chosen; rejected]
+    assert _params(DPOTrainer._set_signature_columns_if_needed) == ["self"]
+    assert _params(DPOTrainer.compute_loss)[:5] == [
+        "self",
+        "model",
+        "inputs",
+        "return_outputs",
+        "num_items_in_batch",
+    ]
+    assert _params(DPOTrainer.evaluate) == ["self", "eval_dataset", "ignore_keys", "metric_key_prefix"]
+    src = inspect.getsource(DPOTrainer._compute_loss)
+    i_policy = src.index("outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)")
+    assert i_policy < src.index("ref_outputs = self.model(") < src.index("ref_outputs = self.ref_model(")
+    assert "per_token_logps = outputs.log_probs[:, -seq_len:]" in src
+    assert "shift_completion_mask = completion_mask[..., 1:]" in src
+    assert (
+        'ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]'
+        in src
+    )
+    assert "per_sequence_loss = -F.logsigmoid(self.beta * delta_score)" in src
+    assert '_non_model_keys = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}' in src
+    log = inspect.getsource(DPOTrainer.log)
+    assert 'mode = "train" if self.model.training else "eval"' in log

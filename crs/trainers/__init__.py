@@ -7,6 +7,7 @@ A method declares the kinds it supports (``Method.trainers``), so a wrong pair f
 any model loads::
 
     crs train trainer.kind=grpo method=tp_schedule
+    crs train trainer=dpo method=t_reg              # conf/trainer/dpo.yaml sets kind: dpo
 
 Listed here as data (module paths, imported when a run builds its trainer) so that the config check
 never imports TRL.
@@ -35,6 +36,13 @@ TRAINERS: dict[str, TrainerKind] = {
         "crs.trainers.grpo",
         "CreditGRPOTrainer",
         "Group-relative policy optimisation on verifiable rewards (every current crs method).",
+    ),
+    "dpo": TrainerKind(
+        "dpo",
+        "trl.DPOTrainer",
+        "crs.trainers.dpo",
+        "CreditDPOTrainer",
+        "Direct preference optimisation on (chosen, rejected) pairs (method=dpo, method=t_reg; crs/prefs).",
     ),
 }
 
