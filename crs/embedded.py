@@ -154,15 +154,44 @@ def as_model_config(cfg: EmbeddedModelConfig | Mapping[str, Any] | None) -> Embe
     return EmbeddedModelConfig.from_any(cfg)
 
 
+# Other tasks the embedded model can warm-start on: benchmark name -> its module, which has ``TaskConfig``
+# (``from_mapping``, ``sft_key``), ``corpus``, ``sft_dataset``, ``eval_set`` and ``verifier`` (the SFT data
+# comes from the benchmark module). The default arithmetic task and its cache key are unchanged.
+OTHER_TASKS = {"slate_rank": "crs.benchmarks.slate_rank"}
+
+
 def _bench_config(bench_cfg: Mapping[str, Any] | None):
     from crs.benchmarks.arithmetic import ArithmeticConfig
 
+    name = "arithmetic" if bench_cfg is None else bench_cfg.get("name", "arithmetic")
+    if name in OTHER_TASKS:
+        import importlib
+
+        return importlib.import_module(OTHER_TASKS[name]).TaskConfig.from_mapping(bench_cfg)
     # bifurcation (crs/benchmarks/bifurcation.py) uses the arithmetic task's prompts and policy
-    if bench_cfg is not None and bench_cfg.get("name", "arithmetic") not in ("arithmetic", "bifurcation"):
+    if name not in ("arithmetic", "bifurcation"):
         raise ValueError(
-            f"the embedded model is built for the arithmetic benchmark, not {bench_cfg.get('name')!r}"
+            f"the embedded model is built for the {', '.join(['arithmetic', *OTHER_TASKS])} benchmarks, "
+            f"not {name!r}"
         )
     return ArithmeticConfig.from_mapping(bench_cfg)
+
+
+def _task_module(acfg):
+    """The benchmark module a task config comes from (its corpus, SFT data, eval split, verifier)."""
+    import importlib
+
+    return importlib.import_module(type(acfg).__module__)
+
+
+def _eval_split(acfg) -> tuple[list[str], list[str], Any]:
+    """``(prompts, answers, verify)`` of the task's eval split."""
+    mod = _task_module(acfg)
+    if hasattr(mod, "eval_set"):
+        prompts, answers = mod.eval_set(acfg)
+        return prompts, answers, mod.verifier(acfg)
+    ev = mod.eval_problems(acfg)
+    return [p.prompt for p in ev], [str(p.answer) for p in ev], mod.verify
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,10 +332,9 @@ def build_and_sft(
     """
     from transformers import TrainerCallback, set_seed
 
-    from crs.benchmarks.arithmetic import corpus, sft_dataset
-
     cfg = as_model_config(model_cfg)
     acfg = _bench_config(bench_cfg)
+    corpus, sft_dataset = _task_module(acfg).corpus, _task_module(acfg).sft_dataset
     with _quiet():
         tokenizer = build_tokenizer(corpus(acfg, n=2000, seed=cfg.seed), cfg.vocab_size)
         tokenizer.model_max_length = cfg.max_position_embeddings
@@ -441,7 +469,6 @@ def pretrain(
     """
     import torch
 
-    from crs.benchmarks.arithmetic import eval_problems, verify
     from crs.evaluate import evaluate_model
 
     cfg = as_model_config(model_cfg)
@@ -453,13 +480,13 @@ def pretrain(
     with _quiet():
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
-        ev = eval_problems(acfg)
+        prompts, answers, verify = _eval_split(acfg)
         t_eval = time.perf_counter()
         metrics = evaluate_model(
             model,
             tokenizer,
-            [p.prompt for p in ev],
-            [str(p.answer) for p in ev],
+            prompts,
+            answers,
             verify,
             k=cfg.eval_k,
             temperature=cfg.eval_temperature,
@@ -491,7 +518,10 @@ def cache_key(
 ) -> str:
     """Short content hash of everything that determines the built model (and its report)."""
     cfg = as_model_config(model_cfg)
-    payload = {"builder": BUILDER_VERSION, "model": asdict(cfg), "task": _bench_config(bench_cfg).sft_key()}
+    acfg = _bench_config(bench_cfg)
+    payload = {"builder": BUILDER_VERSION, "model": asdict(cfg), "task": acfg.sft_key()}
+    if acfg.name in OTHER_TASKS:  # the arithmetic key stays what it always was
+        payload["task_name"] = acfg.name
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -509,8 +539,27 @@ def ensure_embedded_model(
     from crs.cache import publish
 
     final = Path(cache_dir) / f"embedded-{cache_key(model_cfg, bench_cfg)}"
+    _say_if_waiting(final, "crs_pretrain.json")
     return publish(
         final,
         "crs_pretrain.json",
         lambda tmp: pretrain(model_cfg, bench_cfg, tmp, show_progress=show_progress),
     )
+
+
+def _say_if_waiting(final: Path, marker: str) -> None:
+    """One line when another process holds ``final``'s build lock (:func:`crs.cache.publish` waits on it)."""
+    from filelock import FileLock, Timeout
+
+    lock = final.parent / f".{final.name}.lock"
+    if (final / marker).exists() or not lock.exists():
+        return
+    try:
+        with FileLock(str(lock), timeout=0):
+            return
+    except Timeout:
+        print(
+            f"crs: waiting for another process that is building {final.name} (lock {lock}); "
+            "it is built once and then shared",
+            flush=True,
+        )

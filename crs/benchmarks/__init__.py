@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset
+if TYPE_CHECKING:  # datasets is imported by the benchmark modules, not by config checks
+    from datasets import Dataset
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Benchmark:
         decisive: optional ``(completion_text, row) -> list[(char_start, char_end)]``: the characters
             that decide success (controlled bifurcation tasks, :mod:`crs.benchmarks.bifurcation`);
             enables the credit-localization metrics (:mod:`crs.steps.localization`).
+        parts: optional ``(completion_text, row) -> {name: (char spans, reward or None)}``: the named parts
+            of a structured completion (:mod:`crs.benchmarks.slate_rank`: slate, ranking), each with its own
+            reward; the step hook turns them into ``part_<name>`` ``[B,T]`` masks and group-centred
+            ``part_adv_<name>`` ``[B]`` advantages for methods that read them (per-phase credit, F-GRPO).
     """
 
     name: str
@@ -47,6 +52,7 @@ class Benchmark:
     verify: Callable[[str, str], bool]
     sft: Callable[[int, int], Dataset] | None = None
     decisive: Callable[..., list[tuple[int, int]]] | None = None
+    parts: Callable[..., dict[str, tuple[list[tuple[int, int]], float | None]]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,6 +64,7 @@ BENCHMARKS: dict[str, Callable[[Mapping[str, Any], int], Benchmark]] = {}
 BUILTIN: dict[str, tuple[str, bool]] = {
     "arithmetic": ("crs.benchmarks.arithmetic", False),
     "bifurcation": ("crs.benchmarks.bifurcation", False),
+    "slate_rank": ("crs.benchmarks.slate_rank", False),
     "hf": ("crs.benchmarks.hf", False),
     "maze": ("crs.envs.maze", True),
     "calc_tool": ("crs.envs.calc", True),

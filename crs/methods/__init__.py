@@ -13,6 +13,7 @@ module                  substrate    paper
 ``forking_tokens``      tokens       Beyond the 80/20 rule (arXiv 2506.01939)
 ``entropy_adv``         tokens       Reasoning with exploration: an entropy perspective
 ``focal_grpo``          group        Focal GRPO (arXiv 2602.06717)
+``f_grpo``              phases       Factorized F-GRPO (arXiv 2605.12995)
 ``adora``               group        ADORA (arXiv 2602.10019)
 ``r3l_amplify``         group        R³L positive amplification (arXiv 2601.03715)
 ``pure``                steps        PURE (arXiv 2504.15275)
@@ -23,6 +24,8 @@ module                  substrate    paper
 ``a2tgpo``              turns        A²TGPO (arXiv 2605.06200)
 ``matchtir``            turns        MatchTIR (arXiv 2601.10712)
 ``r3l``                 turns/steps  R³L reflect-then-retry (arXiv 2601.03715)
+``dpo``                 sequences    DPO (arXiv 2305.18290) on ``trainer=dpo``: the preference pairs
+``t_reg``               tokens       T-REG token-reward regulariser (arXiv 2412.02685), ``trainer=dpo``
 ======================  ===========  ==================================================================
 
 Adding one = one module here + one yaml in ``conf/method/`` + one golden test (``docs/adding-a-method.md``);
@@ -43,7 +46,9 @@ from crs.methods import (
     a2tgpo,
     adora,
     capo,
+    dpo,
     entropy_adv,
+    f_grpo,
     focal_grpo,
     forking_tokens,
     gigpo,
@@ -52,6 +57,7 @@ from crs.methods import (
     pure,
     r3l,
     r3l_amplify,
+    t_reg,
     tp_schedule,
 )
 from crs.methods import int as intervention  # `int` names InT's module; kept off the builtin
@@ -61,6 +67,7 @@ _BUILTIN = (
     forking_tokens,
     entropy_adv,
     focal_grpo,
+    f_grpo,
     adora,
     r3l_amplify,
     pure,
@@ -71,6 +78,8 @@ _BUILTIN = (
     a2tgpo,
     matchtir,
     r3l,
+    dpo,  # trainer=dpo (TRL DPOTrainer)
+    t_reg,
 )
 
 METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD for m in _BUILTIN}

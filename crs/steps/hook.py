@@ -57,6 +57,9 @@ class StepHook:
         self.benchmark = benchmark
         self.methods = [m.name for m, _ in chain.hooked("produce")]
         self.decisive_fn = getattr(benchmark, "decisive", None)
+        # a structured completion's parts (slate/ranking), only when a method reads part_* tensors
+        wants_parts = any(f.startswith("part_") for f in chain.token_features)
+        self.parts_fn = getattr(benchmark, "parts", None) if wants_parts else None
         self.scorer = None
         self.sep_ids = frozenset()
         self.rule = None
@@ -83,7 +86,7 @@ class StepHook:
 
     @property
     def active(self) -> bool:
-        return bool(self.methods) or self.decisive_fn is not None
+        return bool(self.methods) or self.decisive_fn is not None or self.parts_fn is not None
 
     def decisive_mask(self, completion_ids: Tensor, completion_mask: Tensor, rows) -> Tensor:
         from crs.steps.segment import char_to_token_mask
@@ -99,6 +102,32 @@ class StepHook:
                 out[b, : lengths[b]] = torch.tensor(char_to_token_mask(self.tokenizer, ids, spans))
         return out
 
+    def part_tensors(self, completion_ids: Tensor, completion_mask: Tensor, rows, group_size: int):
+        """``part_<name>`` ``[B,T]`` masks, ``part_reward_<name>`` and group-centred ``part_adv_<name>`` ``[B]``
+        (reward − group mean, Dr. GRPO: no std) of a benchmark's ``parts`` (whole groups, contiguous)."""
+        from crs.credit.primitives import group_stats
+        from crs.steps.segment import char_to_token_mask
+
+        B, T = completion_ids.shape
+        lengths = completion_mask.long().sum(-1).tolist()
+        masks: dict[str, Tensor] = {}
+        rewards: dict[str, list[float]] = {}
+        for b in range(B):
+            ids = completion_ids[b, : lengths[b]].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            for name, (spans, reward) in self.parts_fn(text, rows[b]).items():
+                m = masks.setdefault(f"part_{name}", torch.zeros(B, T))
+                if spans and ids:
+                    m[b, : lengths[b]] = torch.tensor(char_to_token_mask(self.tokenizer, ids, spans))
+                if reward is not None:
+                    rewards.setdefault(name, [0.0] * B)[b] = float(reward)
+        out = dict(masks)
+        for name, values in rewards.items():
+            r = torch.tensor(values)
+            out[f"part_reward_{name}"] = r
+            out[f"part_adv_{name}"] = r - group_stats(r, group_size)[0]
+        return out
+
     def __call__(
         self, trainer, inputs, out: dict[str, Any], success: Tensor, group_size: int, rho: float, mode: str
     ) -> dict[str, Tensor]:
@@ -108,6 +137,8 @@ class StepHook:
         metrics = trainer._metrics[mode] if trainer is not None else None
         if self.decisive_fn is not None:
             feats["decisive"] = self.decisive_mask(cid, cm, inputs)
+        if self.parts_fn is not None:
+            feats.update(self.part_tensors(cid, cm, inputs, group_size))
         if not self.methods or mode != "train":
             return feats
         from crs.steps.scorers import RolloutView
