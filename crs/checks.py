@@ -79,8 +79,11 @@ def check_field_ranges(cfg: DictConfig) -> None:
         )
         for k in node.keys():
             key = f"{prefix}{k}"
+            if key == "hydra":  # Hydra's own node (a sweep job's config carries it): not crs's fields
+                continue
             if OmegaConf.is_dict(node._get_node(k)):
-                walk(node[k], key + ".")
+                if node[k] is not None:  # a None-valued (optional) section has no leaves
+                    walk(node[k], key + ".")
                 continue
             if (
                 OmegaConf.is_list(node._get_node(k))

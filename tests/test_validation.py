@@ -8,6 +8,9 @@ the values the issue saw accepted silently, in-process (``validate``) and throug
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import pytest
 
 from crs.cli import compose
@@ -88,3 +91,26 @@ def test_step_methods_on_environments_are_oprl_per_turn_only():
     with pytest.raises(ConfigError, match="runs on single-turn benchmarks.*oprl"):
         validate(compose(["method=pure", "benchmark=maze"]))
     validate(compose(["method=oprl", "benchmark=maze"]))
+
+
+@dataclasses.dataclass
+class _Section:
+    x: int = 1
+
+
+@dataclasses.dataclass
+class _Root:
+    opt: typing.Optional[_Section] = None  # noqa: UP045 (OmegaConf reads the annotation)
+    hydra: typing.Any = None
+
+
+def test_field_ranges_walk_skips_none_sections_and_hydra_node():
+    """A sweep job's config (Hydra's loader) carries the ``hydra`` node and optional sections set to
+    None; the range walk must pass over both (it crashed with 'NoneType' has no attribute 'keys')."""
+    from omegaconf import OmegaConf
+
+    from crs.checks import check_field_ranges
+
+    cfg = OmegaConf.structured(_Root)
+    cfg.hydra = {"job": {"env_set": None}, "launcher": {"n_jobs": -7}}
+    check_field_ranges(cfg)  # no AttributeError, and Hydra's own values are not crs's fields
