@@ -19,8 +19,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from crs.errors import ConfigError
-
 
 def set_threads(cfg: DictConfig, ctx: dict[str, Any]) -> int:
     """One job per core at most: threads = cores / concurrent jobs unless trainer.num_threads says."""
@@ -95,46 +93,21 @@ def load_model(cfg: DictConfig, path: str):
 TRL_LOSS = {"token_mean": "dapo", "opmd": "cispo"}
 
 
-def wants_cuda(cfg: DictConfig) -> bool:
-    """Whether this job trains on CUDA (``trainer.device``: auto = when a GPU is visible)."""
-    import torch
-
-    t = cfg.trainer
-    if t.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is visible")
-    return torch.cuda.is_available() and t.device != "cpu"
-
-
 def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
     """The GRPOConfig for this job (every knob comes from cfg.trainer; ``n_params`` sizes ``precision: auto``)."""
-    import torch
     from trl import GRPOConfig
 
-    from crs.precision import resolve_precision
     from crs.rollout import grpo_generation_kwargs
+    from crs.trainers.args import training_kwargs
 
     t = cfg.trainer
-    cuda = wants_cuda(cfg)
-    precision = resolve_precision(t.precision, cuda, n_params, cuda and torch.cuda.is_bf16_supported())
     n_eval = t.num_generations_eval
     eval_prompts_per_batch = max(1, min(16, t.eval_prompts))
     kwargs = dict(
-        output_dir=str(output_dir / "checkpoints"),
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        **training_kwargs(cfg, output_dir, n_params, _checkpoint_steps(cfg)),
         per_device_eval_batch_size=n_eval * eval_prompts_per_batch,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
         steps_per_generation=t.steps_per_generation,
         num_iterations=t.num_iterations,
-        learning_rate=t.lr,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=int(t.warmup_steps)
-        if t.warmup_steps >= 1
-        else t.warmup_steps,  # < 1: fraction of max_steps
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
         beta=t.beta,
         epsilon=t.epsilon,
         epsilon_high=1.0 if t.loss_type == "opmd" else t.epsilon_high,
@@ -149,22 +122,7 @@ def grpo_args(cfg: DictConfig, output_dir: Path, n_params: int | None = None):
         max_completion_length=t.max_completion_length,
         num_generations=t.num_generations,
         num_generations_eval=n_eval,
-        logging_steps=1,
-        logging_nan_inf_filter=False,  # a NaN loss is shown as NaN, not replaced by the running mean
-        # resumable checkpoints into <run home>/checkpoints (crs/runs/checkpoint.py publishes and prunes)
-        save_strategy="steps" if cfg.runs.checkpoint_every != 0 else "no",
-        save_steps=_checkpoint_steps(cfg) or None,
-        report_to="none",
-        disable_tqdm=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=not cuda,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
-        eval_strategy="steps" if t.eval_steps > 0 else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
-        dataloader_num_workers=0,
     )
     kwargs.update(grpo_generation_kwargs(t.generation, t.vllm_mode))
     kwargs.update(OmegaConf.to_container(t.extra, resolve=True))
@@ -175,10 +133,10 @@ def _checkpoint_steps(cfg: DictConfig) -> int:
     """``runs.checkpoint_every`` rounded up to whole rollouts: TRL reuses one rollout for
     steps_per_generation × num_iterations micro-steps, and a resumed trainer starts a fresh rollout, so a
     checkpoint inside a rollout's window would change the data after the resume."""
-    every = int(cfg.runs.checkpoint_every)
+    from crs.trainers.args import checkpoint_every
+
+    every = checkpoint_every(cfg)
     t = cfg.trainer
-    if every < 0:  # auto: a killed run loses at most ~10% of its steps
-        every = max(1, -(-int(t.max_steps) // 10))
     if every == 0:
         return 0
     micro = (t.steps_per_generation or t.gradient_accumulation_steps) * t.num_iterations

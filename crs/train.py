@@ -115,9 +115,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     credit = validate(cfg)  # one clear error before anything heavy happens; the run's credit chain
     check_resources(cfg)  # model path, data files, tracking store
     quiet()
-    from crs.assemble import wants_cuda
     from crs.progress import console
     from crs.runs.distributed import Processes, drop_own_folder
+    from crs.trainers.args import wants_cuda
 
     procs = Processes.from_env()  # several processes (torchrun, accelerate launch): rank 0 owns the run
     procs.start(use_cpu=not wants_cuda(cfg))

@@ -145,21 +145,14 @@ class Comparison:
             out[col.key] = {i for i, v in cand.items() if abs(v - target) <= 1e-12 * max(1.0, abs(target))}
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        sel = self.selection
+    def cell_records(self, by_seed: bool = False) -> list[dict[str, Any]]:
+        """One record per cell (its key, counts, statistics with the best flags, and its runs), as both
+        ``--json`` and ``--export`` write them; ``by_seed`` orders each cell's runs by seed (exports)."""
         best = self.best()
-        return {
-            "selection": sel.description,
-            "uri": sel.uri,
-            "sweep_id": sel.sweep_id,
-            "parent_run_id": sel.parent.info.run_id if sel.parent is not None else None,
-            "cell_keys": self.keys,
-            "cell_keys_source": self.keys_source,
-            "threshold": self.threshold,
-            "smoothing_window": SMOOTH_WINDOW,
-            "interval": CI_METHOD,
-            "columns": {c.key: {"title": c.title, "better": c.better or None} for c in self.columns},
-            "cells": [
+        out = []
+        for i, cell in enumerate(self.cells):
+            runs = sorted(cell.runs, key=_run_order) if by_seed else cell.runs
+            out.append(
                 {
                     "cell": dict(zip(self.keys, cell.key)),
                     "label": cell.label,
@@ -172,21 +165,46 @@ class Comparison:
                     },
                     "runs": [
                         {
-                            "run_id": r.run_id,
-                            "name": r.name,
-                            "status": r.status,
                             "seed": r.seed,
+                            "status": r.status,
+                            "name": r.name,
+                            "run_id": r.run_id,
                             "error": r.error,
+                            "has_accuracy": r.has_accuracy,
                             "values": r.values,
                         }
-                        for r in cell.runs
+                        for r in runs
                     ],
                 }
-                for i, cell in enumerate(self.cells)
-            ],
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        sel = self.selection
+        return {
+            "selection": sel.description,
+            "uri": sel.uri,
+            "sweep_id": sel.sweep_id,
+            "parent_run_id": sel.parent.info.run_id if sel.parent is not None else None,
+            "cell_keys": self.keys,
+            "cell_keys_source": self.keys_source,
+            "threshold": self.threshold,
+            "smoothing_window": SMOOTH_WINDOW,
+            "interval": CI_METHOD,
+            "columns": {c.key: {"title": c.title, "better": c.better or None} for c in self.columns},
+            "cells": self.cell_records(),
             "fixed": self.fixed,
             "notes": self.notes,
         }
+
+
+def _run_order(r: RunInfo) -> tuple:
+    """Numeric seeds in numeric order, then the rest by name (exports read the same on every rebuild)."""
+    try:
+        seed = (0, float(r.seed), r.seed)
+    except ValueError:
+        seed = (1, 0.0, r.seed)
+    return (seed, r.status, r.name)
 
 
 def _col(df, name: str):

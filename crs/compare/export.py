@@ -156,45 +156,10 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def _seed_order(seed: str) -> tuple:
-    try:
-        return (0, float(seed), seed)
-    except ValueError:
-        return (1, 0.0, seed)
-
-
 def export_dict(cmp: Comparison, argv: list[str]) -> dict[str, Any]:
     """The export: ``format``, ``provenance``, ``source`` (which store and sweep) and ``table``."""
     sel = cmp.selection
-    best = cmp.best()
-    cells = []
-    for i, cell in enumerate(cmp.cells):
-        runs = sorted(cell.runs, key=lambda r: (_seed_order(r.seed), r.status, r.name))
-        cells.append(
-            {
-                "cell": dict(zip(cmp.keys, cell.key)),
-                "label": cell.label,
-                "n_finished": len(cell.finished),
-                "n_failed": len(cell.failed),
-                "n_running": len(cell.running),
-                "metrics": {
-                    c.key: {**cell.stats[c.key].as_dict(), "best": i in best.get(c.key, ())}
-                    for c in cmp.columns
-                },
-                "runs": [
-                    {
-                        "seed": r.seed,
-                        "status": r.status,
-                        "name": r.name,
-                        "run_id": r.run_id,
-                        "error": r.error,
-                        "has_accuracy": r.has_accuracy,
-                        "values": r.values,
-                    }
-                    for r in runs
-                ],
-            }
-        )
+    cells = cmp.cell_records(by_seed=True)
     return _clean(
         {
             "format": FORMAT,

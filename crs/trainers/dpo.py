@@ -253,43 +253,15 @@ def dpo_config(cfg: Any, output_dir: Path, n_params: int | None = None) -> DPOCo
 
     from omegaconf import OmegaConf
 
-    from crs.precision import resolve_precision
+    from crs.trainers.args import checkpoint_every, training_kwargs
 
     t = cfg.trainer
-    cuda = torch.cuda.is_available() and t.device != "cpu"
-    precision = resolve_precision(t.precision, cuda, n_params, cuda and torch.cuda.is_bf16_supported())
-    every = int(cfg.runs.checkpoint_every)
-    every = max(1, -(-int(t.max_steps) // 10)) if every < 0 else every
     kwargs = dict(
-        output_dir=str(Path(output_dir) / "checkpoints"),
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.lr,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=int(t.warmup_steps) if t.warmup_steps >= 1 else t.warmup_steps,
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
+        **training_kwargs(cfg, output_dir, n_params, checkpoint_every(cfg)),
         beta=t.beta,
         loss_type=["sigmoid"],
         max_length=None,  # responses are capped at sampling time; a cut would bias the pair toward shorter
         precompute_ref_log_probs=True,  # the reference is fixed (like r̂): one pass, no reference copy kept
-        logging_steps=1,
-        logging_nan_inf_filter=False,
-        save_strategy="steps" if every else "no",
-        save_steps=every or None,
-        report_to="none",
-        disable_tqdm=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=not cuda,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        eval_strategy="steps" if t.eval_steps > 0 else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
-        dataloader_num_workers=0,
         dataset_num_proc=None,
     )
     known = {f.name for f in fields(DPOConfig)}
