@@ -445,6 +445,11 @@ def validate_values(cfg: DictConfig) -> None:
     from crs.trainers import TRAINERS
 
     _check(t.kind in TRAINERS, f"trainer.kind must be one of {', '.join(TRAINERS)} (got {t.kind!r})")
+    needs = TRAINERS[t.kind].needs_method
+    _check(
+        not needs or bool(cfg.method.get("credit")),
+        f"trainer.kind={t.kind} needs {needs} (got method={cfg.method.get('name')})",
+    )
     r = cfg.get("runs")
     if r is not None:
         _check(

@@ -213,11 +213,19 @@ def test_preference_file_text_and_conversational(tmp_path):
         load_preference_file(bad)
 
 
-def test_dpo_trainer_without_a_preference_method_fails_before_any_model(compose_cfg, tmp_path):
+def test_dpo_trainer_without_a_preference_method_fails_with_the_config(compose_cfg, tmp_path):
+    """trainer=dpo method=grpo (an empty chain) is a config error, so no tracker run opens (it used to fail
+    only in dpo_model_path, after the MLflow run was created); dpo_model_path still refuses it too."""
     from crs.config import validate
     from crs.trainers.dpo import dpo_model_path
+    from tests.conftest import run_crs
 
     cfg = compose_cfg("trainer=dpo", "method=grpo", f"paths.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(ConfigError, match="trainer.kind=dpo needs a preference method"):
+        validate(cfg)
     with pytest.raises(ConfigError, match="needs a preference method"):
-        dpo_model_path(cfg, validate(cfg))
-    assert not (tmp_path / "cache").exists()
+        dpo_model_path(cfg, validate(compose_cfg("method=grpo")))  # the empty chain
+    store = tmp_path / "m.db"
+    r = run_crs("train", "trainer=dpo", "method=grpo", f"tracking.uri=sqlite:///{store}", cwd=tmp_path)
+    assert r.returncode == 2 and "needs a preference method" in r.stderr, r.stderr
+    assert not store.exists() and not (tmp_path / "cache").exists()

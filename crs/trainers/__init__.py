@@ -27,6 +27,9 @@ class TrainerKind:
     module: str
     subclass: str
     help: str
+    # what a run on this trainer needs from ``method.credit`` ("" = nothing: an empty chain is plain TRL);
+    # checked with the config, before the tracker opens a run
+    needs_method: str = ""
 
 
 TRAINERS: dict[str, TrainerKind] = {
@@ -43,6 +46,7 @@ TRAINERS: dict[str, TrainerKind] = {
         "crs.trainers.dpo",
         "CreditDPOTrainer",
         "Direct preference optimisation on (chosen, rejected) pairs (method=dpo, method=t_reg; crs/prefs).",
+        needs_method="a preference method (method=dpo or method=t_reg): its arguments say where the pairs come from",
     ),
 }
 
