@@ -365,20 +365,7 @@ def build_and_sft(
                 tokenizer,
                 {"steps": 0, "first_loss": None, "final_loss": None, "losses": [], "wall_time_s": 0.0},
             )
-        trainer = sft_warm_start(
-            model,
-            tokenizer,
-            train_ds,
-            steps=cfg.sft_steps,
-            batch_size=cfg.sft_batch_size,
-            lr=cfg.learning_rate,
-            warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay,
-            logging_steps=max(1, cfg.sft_steps // 20),
-            max_length=cfg.max_position_embeddings,
-            seed=cfg.seed,
-            callbacks=callbacks,
-        )
+        trainer = sft_warm_start(model, tokenizer, train_ds, **sft_settings(cfg), callbacks=callbacks)
         model = trainer.model
         model.config.use_cache = True
     info = {
@@ -389,6 +376,20 @@ def build_and_sft(
         "wall_time_s": time.perf_counter() - t0,
     }
     return model, tokenizer, info
+
+
+def sft_settings(cfg: EmbeddedModelConfig) -> dict[str, Any]:
+    """:func:`sft_warm_start`'s knobs from an embedded model's config (every embedded variant warm-starts alike)."""
+    return dict(
+        steps=cfg.sft_steps,
+        batch_size=cfg.sft_batch_size,
+        lr=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        logging_steps=max(1, cfg.sft_steps // 20),
+        max_length=cfg.max_position_embeddings,
+        seed=cfg.seed,
+    )
 
 
 def sft_warm_start(

@@ -71,6 +71,7 @@ def pretrain_contrastive(
         as_model_config,
         build_model,
         build_tokenizer,
+        sft_settings,
         sft_warm_start,
     )
     from crs.evaluate import evaluate_model
@@ -89,19 +90,7 @@ def pretrain_contrastive(
         ds = mod.sft_dataset(cfg.n_sft, cfg.seed, cfg.error_rate, acfg)
         ds = contrastive_sft_rows(ds, CONTROL_SHARE, cfg.seed).select_columns(["prompt", "completion"])
         if cfg.sft_steps > 0:
-            model = sft_warm_start(
-                model,
-                tokenizer,
-                ds,
-                steps=cfg.sft_steps,
-                batch_size=cfg.sft_batch_size,
-                lr=cfg.learning_rate,
-                warmup_steps=cfg.warmup_steps,
-                weight_decay=cfg.weight_decay,
-                logging_steps=max(1, cfg.sft_steps // 20),
-                max_length=cfg.max_position_embeddings,
-                seed=cfg.seed,
-            ).model
+            model = sft_warm_start(model, tokenizer, ds, **sft_settings(cfg)).model
         model.config.use_cache = True
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
