@@ -103,7 +103,9 @@ def summary_table(summary: Mapping[str, Any], title: str) -> Table:
     """The end-of-run table: what was learned, how long it took, where the run lives."""
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    # fold, not the default ellipsis: a long store path (``sqlite:////home/…/mlflow.db``) is one word,
+    # and at 80 columns it was cut to ``sqlite:////home/…`` — the one row a user copies from
+    table.add_column("value", justify="right", overflow="fold")
     rows = [
         (
             "eval accuracy (start → end)",

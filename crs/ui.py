@@ -76,15 +76,18 @@ def install_view(uri: str, exp_id: str, parent_id: str | None) -> None:
     """Save the ``crs`` runs view on the experiment (the tag MLflow's "Share" button writes).
 
     The MLflow server has no setting for default columns; a shared view does what a researcher would
-    click together: the comparison columns (:data:`VIEW_COLUMNS`), newest first, the last sweep
-    expanded. Opening ``…/runs?viewStateShareKey=crs`` loads it; rerunning ``crs ui`` refreshes it.
+    click together: the comparison columns (:data:`VIEW_COLUMNS`), newest first, grouped by method,
+    and — when there is a sweep — only the last sweep's jobs (:func:`last_sweep_filter`), so the
+    grouped charts average that sweep's seeds and nothing else. Opening ``…/runs?viewStateShareKey=crs``
+    loads it; rerunning ``crs ui`` refreshes it.
     """
     import json
 
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(uri)
     state = {
-        "searchFilter": "",
+        "searchFilter": last_sweep_filter(client, parent_id),
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
         "startTime": "ALL",
@@ -98,6 +101,7 @@ def install_view(uri: str, exp_id: str, parent_id: str | None) -> None:
         "runsExpanded": {parent_id: True} if parent_id else {},
         "runsPinned": [],
         "runsHidden": [],
+        "runsHiddenMode": "SHOW_ALL",  # chart every run of the table, not only the first 10 (the UI's default)
         "hideEmptyCharts": True,
         # Group by: method — one row per method, and in the charts a mean line and min-max band per method
         # over its seeds (MLflow 3.x RunsGroupByConfig; the UI's "Group by" menu writes the same)
@@ -108,7 +112,24 @@ def install_view(uri: str, exp_id: str, parent_id: str | None) -> None:
         "groupsExpanded": {},
         "useGroupedValuesInCharts": True,
     }
-    MlflowClient(uri).set_experiment_tag(exp_id, SHARED_VIEW_TAG + VIEW_KEY, json.dumps(state))
+    client.set_experiment_tag(exp_id, SHARED_VIEW_TAG + VIEW_KEY, json.dumps(state))
+
+
+def last_sweep_filter(client, parent_id: str | None) -> str:
+    """The runs-table search of the crs view: the jobs of the last sweep, or ``""`` (all runs).
+
+    With *Group by: method* every run with the same ``method`` tag joins one mean line, so without a
+    filter older sweeps and single runs (other sizes, benchmarks) would be averaged in. Clearing the
+    search box shows every run again. The parent still shows, under "Additional runs" (the UI loads
+    the parents of the runs it lists); it logs no metrics, so in the charts it is an empty
+    "Unassigned" entry of the legend (MLflow 3.17 charts that group even when its runs are hidden).
+    """
+    if not parent_id:
+        return ""
+    sweep_id = client.get_run(parent_id).data.tags.get("sweep_id")
+    if not sweep_id:
+        return ""
+    return f"tags.sweep_id = '{sweep_id}' and tags.`crs.role` = 'job'"
 
 
 def links(base: str, exp_id: str | None, parent_id: str | None) -> list[tuple[str, str]]:

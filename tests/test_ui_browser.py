@@ -1,22 +1,28 @@
-"""`crs ui` in a real browser: Debian's Chromium driven by Playwright on a small store.
+"""The README's MLflow UI recipe, click by click, in a real browser on a real sweep.
 
-The store is written by crs's own tracking layer (job runs through :class:`crs.tracking.MlflowTracker`,
-so names, tags, metric sections and summary tags are what ``crs train`` writes; the parent's description,
-grid params and compare artifacts through :mod:`crs.sweep` / :mod:`crs.compare.publish`). The test starts
-``crs ui`` on it, opens the printed link and checks what a researcher sees: the training-runs page (not
-the GenAI overview), the sweep's parent with its children, the parent's description and the charts of
-one child in crs's sections. Screenshots are kept in ``$CRS_SCREENSHOTS`` (default: pytest's tmp dir).
+A tiny real sweep (``crs train -m debug=fast method=grpo,tp_schedule seed=0,1``, 6 steps per job: TRL's
+trainer, crs's tracking, a sqlite MLflow store in a temporary folder) is opened with ``crs ui``;
+Debian's Chromium, driven by Playwright, then does exactly the steps of the README's block between
+``<!-- ui-recipe:start -->`` and ``<!-- ui-recipe:end -->`` (each step below names the README step it
+follows) and checks what a researcher sees on the way: the training-runs page grouped by method, the
+chart view, the ``1 main/reward`` chart with one mean line and one min–max band per method, a job's
+Model metrics in crs's sections, and the sweep's parent run with the comparison table.
+
+Screenshots ``ui-1-runs.png`` … ``ui-5-parent.png`` go to ``$CRS_SCREENSHOTS`` (default: pytest's tmp
+dir); the README's images are refreshed with ``CRS_SCREENSHOTS=docs/img``. ``CRS_UI_STORE=<folder>``
+reuses a folder that already holds such a sweep's ``mlflow.db`` (the sweep takes ~40 s on 2 cores).
 
 Needs ``apt-get install chromium`` and ``pip install playwright`` (Playwright's own browser download
 does not work offline); skips otherwise.
 
-    pytest -m slow tests/test_ui_browser.py
+    CRS_SCREENSHOTS=docs/img pytest -m slow tests/test_ui_browser.py
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = [
     "--headless",
@@ -37,6 +44,13 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# the sweep: two methods × two seeds at debug size (README "Comparing methods in the MLflow UI")
+SWEEP = ["debug=fast", "method=grpo,tp_schedule", "seed=0,1", "trainer.max_steps=6", "hydra/launcher=local"]
+METHODS = ("tp_schedule", "grpo")
+JOB = "tp_schedule·linear·s0"  # tp_schedule's own default schedule is linear; grpo drives no knob
+CHART_TOGGLE = "label:has(input[name='runs-view-mode'][value='CHART'])"
+CARD = "[data-testid='experiment-view-compare-runs-card']:has(h4[title='{title}'])"
+ASSISTANT_CLOSE = "button[data-component-id='mlflow.assistant.chat_panel.close']"
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,99 +61,23 @@ pytestmark = [
 ]
 
 
-def build_store(root: Path) -> dict:
-    """A sweep of grpo × tp_schedule × {constant, linear} × 2 seeds, 12 steps each, as crs logs it."""
-    import math
-    import random
+def recipe() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("<!-- ui-recipe:start -->", 1)[1].split("<!-- ui-recipe:end -->", 1)[0]
 
-    from mlflow.tracking import MlflowClient
 
-    from crs.compare.publish import publish
-    from crs.naming import SEP, record_skip, sweep_grid
-    from crs.sweep import _describe_parent, finalize_sweep
-    from crs.tracking import MlflowTracker, ensure_experiment
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp_id = ensure_experiment(client, "crs", uri)
-    overrides = ["debug=fast", "method=grpo,tp_schedule", "schedule=constant,linear", "seed=0,1"]
-    grid = sweep_grid(overrides)
-    parent = client.create_run(
-        exp_id,
-        run_name="sweep methods_x_schedules: method × schedule × seed",
-        tags={"crs.role": "sweep", "sweep_id": "b10c4e57", "swept_keys": "method,schedule,seed"},
-    )
-    info = {
-        "run_id": parent.info.run_id,
-        "uri": uri,
-        "experiment": "crs",
-        "sweep_id": "b10c4e57",
-        "swept_keys": ["method", "schedule", "seed"],
-        "sweep_dir": str(root / "sweep"),
-        "grid": grid,
-        "config_name": "methods_x_schedules",
-        "overrides": overrides,
-        "launcher": "local",
-        "n_jobs": 8,
-    }
-    _describe_parent(client, info)
-    job = 0
-    for method in ("grpo", "tp_schedule"):
-        for schedule in ("constant", "linear"):
-            if method == "grpo" and schedule == "linear":  # crs train skips these jobs as duplicates
-                for seed in (0, 1):
-                    ov = [f"method={method}", f"schedule={schedule}", f"seed={seed}"]
-                    record_skip(info["sweep_dir"], f"dup{seed}", ov, "grpo has no knob the schedule drives")
-                continue
-            for seed in (0, 1):
-                knob = method != "grpo"
-                tags = {
-                    "crs.role": "job",
-                    "method": method,
-                    "schedule": schedule if knob else "none",
-                    "drives": "tp_schedule/withhold" if knob else "none",
-                    "loss": "grpo",
-                    "seed": seed,
-                    "sweep_id": "b10c4e57",
-                    "job_num": job,
-                    "sweep.method": method,
-                    "sweep.schedule": schedule,
-                    "sweep.seed": seed,
-                }
-                name = SEP.join([method, *([schedule] if knob else []), f"s{seed}"])
-                tracker = MlflowTracker(uri, "crs")
-                tracker.start(run_name=name, parent_run_id=parent.info.run_id, tags=tags)
-                rng = random.Random(job)
-                speed = 0.25 if method == "tp_schedule" else 0.15
-                for step in range(1, 13):
-                    acc = min(1.0, 0.3 + speed * math.log1p(step) + rng.uniform(-0.05, 0.05))
-                    rho = 1 - step / 12 if schedule == "linear" else 1.0
-                    logs = {
-                        "reward": acc,
-                        "accuracy": acc,
-                        "entropy/all": 0.8 - 0.03 * step,
-                        "entropy/selected": 0.7,
-                        "schedule/rho": rho,
-                        "credit/tp_schedule/withhold": 0.8 * rho,
-                        "credit/trained_frac": 1 - 0.5 * rho,
-                        "adv/mean": 0.0,
-                        "loss": 1e-8,
-                        "grad_norm": 1.0,
-                        "epoch": step / 100,
-                        "total_flos": 0.0,
-                        "diag/kl": 0.001 * step,
-                        "diag/kl_bin_0": 0.0001,
-                        "diag/entropy_bin_0": 0.5,
-                    }
-                    tracker.log_metrics(logs, step)
-                    if step in (1, 12):
-                        tracker.log_metrics({"eval_accuracy": acc - 0.1, "eval_runtime": 1.0}, step)
-                tracker.log_metrics({"final/eval_accuracy_end": acc - 0.1, "final/train_time_s": 12.5}, 12)
-                tracker.end("FINISHED")
-                job += 1
-    counts = finalize_sweep(info)
-    publish(info, counts)
-    return info
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A folder whose ``mlflow.db`` holds the sweep, as ``crs train -m`` wrote it."""
+    if os.environ.get("CRS_UI_STORE"):
+        return Path(os.environ["CRS_UI_STORE"])
+    root = tmp_path_factory.mktemp("ui-sweep")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "crs.cli", "train", "-m", *SWEEP, "hydra.launcher.n_jobs=2"]
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "4 finished, 0 failed" in out.stdout, out.stdout[-2000:]
+    return root
 
 
 def _free_port() -> int:
@@ -149,30 +87,29 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ui-store")
-    info = build_store(root)
+def ui(store):
+    """``crs ui`` started in the sweep's folder, as the README says; its printed links."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "crs.cli", "ui", "--port", str(port), "--no-browser"],
-        cwd=root,
+        cwd=store,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    link = None
-    deadline = time.time() + 180
+    links: dict[str, str] = {}
     lines = []
-    while time.time() < deadline and proc.poll() is None:
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and len(links) < 2:
         line = proc.stdout.readline()
         lines.append(line)
-        if "training runs:" in line:
-            link = line.split("training runs:", 1)[1].strip()
-            break
-    if link is None:
+        m = re.match(r"\s+(training runs|last sweep \(parent run\)): (\S+)", line)
+        if m:
+            links[m.group(1)] = m.group(2)
+    if len(links) < 2:
         proc.terminate()
-        pytest.fail("crs ui printed no link:\n" + "".join(lines))
-    yield {"link": link, "info": info, "base": f"http://127.0.0.1:{port}"}
+        pytest.fail("crs ui printed no links:\n" + "".join(lines))
+    yield links
     proc.terminate()
     try:
         proc.wait(timeout=30)
@@ -188,94 +125,106 @@ def page(ui, tmp_path_factory):
     shots.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+        pg = browser.new_page(viewport={"width": 1600, "height": 1000})  # a fresh profile: a first visit
         pg.shots = shots
         yield pg
         browser.close()
 
 
-def _shot(page, name: str) -> Path:
+def _shot(page, name: str, locator=None) -> Path:
     path = page.shots / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    (locator or page).screenshot(path=str(path))  # the viewport (or one chart), as a user sees it
     return path
 
 
-def _close_assistant(page) -> None:
-    """MLflow 3.17 opens an "MLflow Assistant" side panel on first load; it hides a third of the page."""
-    close = page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
-    if close.count():
-        close.first.click()
+def _visible(page, text: str) -> bool:
+    loc = page.get_by_text(text, exact=True)
+    return any(loc.nth(i).is_visible() for i in range(loc.count()))
 
 
-def test_runs_page_shows_the_sweep_and_its_children(ui, page):
-    assert "/runs?workflowType=machine_learning" in ui["link"] and "viewStateShareKey=crs" in ui["link"]
-    page.goto(ui["link"])
-    page.get_by_text("sweep methods_x_schedules", exact=False).first.wait_for(timeout=90_000)
-    _close_assistant(page)
-    # the training-runs view in the crs saved view, not MLflow's GenAI overview
+def _paths(card, selector: str, at_least: int, timeout: float = 30) -> list[str]:
+    """The drawn (non-empty) SVG paths of a chart, once plotly has drawn at least ``at_least``."""
+    drawn: list[str] = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ds = card.locator(selector).evaluate_all("ps => ps.map(p => p.getAttribute('d') || '')")
+        drawn = [d for d in ds if len(d) > 20]  # "M0,0Z" is an empty trace
+        if len(drawn) >= at_least:
+            break
+        time.sleep(0.5)
+    return drawn
+
+
+def test_readme_ui_recipe_click_by_click(ui, page):
+    steps = recipe()
+    # the recipe names what the test clicks; a renamed step fails here before the browser does
+    for words in (
+        "training runs",
+        "Group: tp_schedule",
+        "Assistant",
+        "Chart",
+        "1 main/reward",
+        "Model metrics",
+    ):
+        assert words in steps, words
+    # step 1 — open the "training runs" link: the runs page in Model training mode, the crs view,
+    # the last sweep's jobs grouped by method (two seeds each), its parent under "Additional runs"
+    runs = ui["training runs"]
+    assert "/runs?workflowType=machine_learning" in runs and "viewStateShareKey=crs" in runs
+    page.goto(runs)
+    page.get_by_text("Group: tp_schedule", exact=False).first.wait_for(timeout=90_000)
     body = page.inner_text("body")
-    assert "Detect Issues" not in body and "Evaluation runs" not in body
+    assert "Detect Issues" not in body and "Evaluation runs" not in body  # not the GenAI overview
+    assert re.search(r"Group: tp_schedule\s+2\b", body) and re.search(r"Group: grpo\s+2\b", body), body[:2000]
+    assert re.search(r"Additional runs\s+1\b", body)
+    assert "Group by: method" in body and "5 matching runs" in body
+    search = page.locator("input[placeholder*='metrics.rmse']").input_value()
+    assert search.startswith("tags.sweep_id = '") and "crs.role" in search, search  # only the last sweep
     for column in ("1 main/eval_accuracy", "method", "schedule", "seed"):
         assert column in body, column
-    # unfold the parent: its children carry the comparison in their names
-    page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-    for name in ("grpo·s0", "tp_schedule·linear·s1", "tp_schedule·constant·s0"):
-        page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
-    body = page.inner_text("body")
-    assert "grpo·linear" not in body and "grpo·constant" not in body  # grpo drives no knob: one cell
-    assert "none" in body  # ... tagged schedule=none
-    _shot(page, "ui_runs")
-
-
-def test_parent_run_has_the_grid_and_the_comparison(ui, page):
-    info = ui["info"]
-    page.goto(f"{ui['base']}/#/experiments/{_exp(ui)}/runs/{info['run_id']}?workflowType=machine_learning")
-    page.get_by_text("crs sweep", exact=False).first.wait_for(timeout=60_000)
-    _close_assistant(page)
-    body = page.inner_text("body")
-    assert "duplicate job(s) skipped" in body and "crs compare --sweep b10c4e57" in body
-    assert "eval acc (end)" in body and "percentile bootstrap" in body  # the compare table
-    assert "grid.method" in body  # the grid as params
-    for child in ("grpo·s0", "tp_schedule·linear·s1"):  # "Child runs" (loaded after the page)
-        page.get_by_text(child, exact=False).first.wait_for(timeout=30_000)
-    more = page.get_by_text("Show more", exact=True)
-    if more.count():  # unfold the description for the screenshot
-        more.first.click()
-        page.get_by_text("Steps to acc≥0.5", exact=False).first.wait_for(timeout=10_000)
-    _shot(page, "ui_parent")
-
-
-def test_child_charts_are_in_crs_sections(ui, page):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(ui["info"]["uri"])
-    child = client.search_runs([_exp(ui)], "attributes.run_name = 'tp_schedule·linear·s0'")[0]
-    page.goto(
-        f"{ui['base']}/#/experiments/{_exp(ui)}/runs/{child.info.run_id}/model-metrics?workflowType=machine_learning"
-    )
-    page.get_by_text("1 main", exact=False).first.wait_for(timeout=60_000)
-    _close_assistant(page)
+    # step 2 — MLflow 3.17 opens its Assistant panel once per browser; close it with its ×
+    close = page.locator(ASSISTANT_CLOSE)
+    if close.count():
+        close.first.click()
+        close.first.wait_for(state="detached", timeout=10_000)
+    assert page.locator(ASSISTANT_CLOSE).count() == 0
+    _shot(page, "ui-1-runs")
+    # step 3 — the Chart toggle above the table: section "1 main", its reward chart a mean line and a
+    # min–max band per method
+    page.locator(CHART_TOGGLE).click()
+    for method in METHODS:
+        page.get_by_text(f"{method} (1 main/reward)", exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text("1 main", exact=False).first.wait_for()
+    card = page.locator(CARD.format(title="1 main/reward"))
+    assert card.count() == 1
+    card.scroll_into_view_if_needed()
+    for method in METHODS:
+        assert card.get_by_text(f"{method} (1 main/reward)", exact=True).is_visible(), method
+    bands = _paths(card, "path.js-fill", len(METHODS))  # the parent's empty series draws none
+    assert len(bands) == len(METHODS), bands
+    lines = _paths(card, "path.js-line", len(METHODS))
+    assert len(lines) >= len(METHODS), lines  # a mean line per method (legend swatches are short)
+    _shot(page, "ui-2-charts")
+    _shot(page, "ui-3-reward", card)
+    # step 4 — click a job's name in the list → its run page → Model metrics: crs's sections in order
+    page.get_by_role("link", name=JOB, exact=True).first.click()
+    page.get_by_role("tab", name="Model metrics").click()
+    page.get_by_text(f"{JOB} (1 main/reward)", exact=True).first.wait_for(timeout=60_000)
     page.get_by_text("kl_policy_update", exact=True).first.wait_for(timeout=30_000)
-    # the charts have drawn when their legends show
-    page.get_by_text("tp_schedule·linear·s0 (1 main/accuracy)", exact=False).first.wait_for(timeout=60_000)
     body = page.inner_text("body")
     for section in ("1 main", "2 schedule", "3 credit", "9 trl"):
         assert section in body, section
     assert body.index("1 main") < body.index("2 schedule") < body.index("3 credit") < body.index("9 trl")
-    for chart in ("accuracy", "eval_accuracy", "entropy", "reward"):
-        assert f"\n{chart}\n" in body, chart
-    assert "final/" not in body and "eval_schedule" not in body  # no one-point charts, no eval copies
-    _shot(page, "ui_charts")
-    # grpo has no driven knob: no schedule section at all
-    grpo = client.search_runs([_exp(ui)], "attributes.run_name = 'grpo·s0'")[0]
-    page.goto(
-        f"{ui['base']}/#/experiments/{_exp(ui)}/runs/{grpo.info.run_id}/model-metrics?workflowType=machine_learning"
-    )
-    page.get_by_text("1 main", exact=False).first.wait_for(timeout=60_000)
-    assert "2 schedule" not in page.inner_text("body")
-
-
-def _exp(ui) -> str:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(ui["info"]["uri"]).get_run(ui["info"]["run_id"]).info.experiment_id
+    assert "final/" not in body  # no one-point charts
+    _shot(page, "ui-4-job-metrics")
+    # step 5 — the printed "last sweep (parent run)" link: the grid, the command, the compare table
+    page.goto(ui["last sweep (parent run)"])
+    page.get_by_text("Show more", exact=True).first.click(timeout=60_000)  # unfold the description
+    page.get_by_text("crs compare --sweep", exact=False).first.wait_for(state="visible", timeout=30_000)
+    body = page.inner_text("body")
+    assert "sweep: method=grpo,tp_schedule × seed=0,1" in body
+    assert "percentile bootstrap" in body and "tp_schedule" in body  # the compare table
+    assert "grid.method" in body  # the grid as params
+    for child in ("grpo·s0", JOB):  # "Child runs", loaded after the page
+        page.get_by_text(child, exact=False).first.wait_for(timeout=30_000)
+    _shot(page, "ui-5-parent")

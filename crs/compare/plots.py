@@ -167,52 +167,75 @@ def plot(cmp: Comparison, out_dir: Path, extra_metrics: Sequence[str] = ()) -> l
             grids.append((cell, runs, steps, grid))
         if not grids:
             continue
-        vmin = float(np.nanmin([np.nanmin(g) for *_, g in grids]))
-        vmax = float(np.nanmax([np.nanmax(g) for *_, g in grids]))
-        constant = vmax - vmin <= 1e-12 * max(1.0, abs(vmax))
-        if constant:  # vmin == vmax maps values arbitrarily; widen so every panel shows the same color
-            pad = max(abs(vmax) * 0.05, 1e-6)
-            vmin, vmax = vmin - pad, vmax + pad
-        ncols = min(3, math.ceil(math.sqrt(len(grids))))
-        nrows = math.ceil(len(grids) / ncols)
-        fig, axes = plt.subplots(
-            nrows,
-            ncols,
-            figsize=(4.2 * ncols + 1.2, 3.0 * nrows),
-            squeeze=False,
-            sharey=True,
-            constrained_layout=True,
-        )
-        mesh = None
-        y_edges = np.linspace(0, 1, len(bins) + 1)
-        for ax, (cell, runs, steps, grid) in zip(axes.ravel(), grids):
-            cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # steps a cell never logged
-            mesh = ax.pcolormesh(
-                _step_edges(steps), y_edges, np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax
-            )
-            ax.set_title(f"{cell.label} (n={runs})", fontsize=8)
-            ax.set_xlabel("optimizer step", fontsize=8)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        for ax in axes[:, 0]:
-            ax.set_ylabel("trajectory percentile t/L", fontsize=8)
-        for ax in axes.ravel()[len(grids) :]:
-            ax.axis("off")
-        label = (
-            "share of the step's KL(rollout‖updated), mean over seeds"
-            if family == "kl"
-            else "entropy (nats), mean over seeds"
-        )
-        fig.colorbar(mesh, ax=axes.ravel().tolist(), label=label)
-        fig.suptitle(
-            f"{family} by trajectory percentile ({len(bins)} bins; shared color scale)"
-            + (f" — constant {vmin + (vmax - vmin) / 2:g} everywhere" if constant else ""),
-            fontsize=9,
-        )
+        fig = heatmap_figure(family, [(f"{c.label} (n={n})", st, g) for c, n, st, g in grids], len(bins))
         path = out_dir / f"heatmap_{family}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.05)  # never cut a label
         plt.close(fig)
         written.append(path)
     return written
+
+
+# the colour bar's label runs along the bar, which is as tall as one row of panels (3 in): one line of
+# ~55 characters is ~4 in and was cut at the top and bottom of a one-row figure; two short lines fit
+COLORBAR_LABELS = {
+    "kl": "share of the step's KL(rollout‖updated)\nmean over seeds",
+    "entropy": "entropy (nats)\nmean over seeds",
+}
+
+
+def heatmap_figure(family: str, panels: Sequence[tuple[str, Sequence[int], object]], n_bins: int):
+    """One panel per cell on a shared colour scale, the colour bar at the right.
+
+    Args:
+        family: ``"kl"`` or ``"entropy"`` (the colour bar's label, :data:`COLORBAR_LABELS`).
+        panels: ``(title, steps, grid)`` per cell; ``grid`` is ``[n_bins, len(steps)]`` (NaN = not logged).
+        n_bins: trajectory-percentile bins (the y axis).
+    Returns:
+        The matplotlib figure (constrained layout; everything drawn lies inside it).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    grids = [g for *_, g in panels]
+    vmin = float(np.nanmin([np.nanmin(g) for g in grids]))
+    vmax = float(np.nanmax([np.nanmax(g) for g in grids]))
+    constant = vmax - vmin <= 1e-12 * max(1.0, abs(vmax))
+    if constant:  # vmin == vmax maps values arbitrarily; widen so every panel shows the same color
+        pad = max(abs(vmax) * 0.05, 1e-6)
+        vmin, vmax = vmin - pad, vmax + pad
+    ncols = min(3, math.ceil(math.sqrt(len(panels))))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(4.2 * ncols + 1.2, 3.0 * nrows),
+        squeeze=False,
+        sharey=True,
+        constrained_layout=True,
+    )
+    mesh = None
+    y_edges = np.linspace(0, 1, n_bins + 1)
+    for ax, (title, steps, grid) in zip(axes.ravel(), panels):
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # steps a cell never logged
+        mesh = ax.pcolormesh(
+            _step_edges(steps), y_edges, np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax
+        )
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    for ax in axes[:, 0]:
+        ax.set_ylabel("trajectory percentile t/L", fontsize=8)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    cbar = fig.colorbar(mesh, ax=axes.ravel().tolist())
+    cbar.set_label(COLORBAR_LABELS.get(family, family), fontsize=8)
+    fig.suptitle(
+        f"{family} by trajectory percentile ({n_bins} bins; shared color scale)"
+        + (f" — constant {vmin + (vmax - vmin) / 2:g} everywhere" if constant else ""),
+        fontsize=9,
+    )
+    return fig
 
 
 def log_plots(cmp: Comparison, paths: Sequence[Path]) -> str | None:

@@ -261,6 +261,9 @@ def ensure_env_policy(
         }
         (tmp / "crs_pretrain.json").write_text(json.dumps(report, indent=2, default=str))
 
+    from crs.embedded import _say_if_waiting
+
+    _say_if_waiting(final, "crs_pretrain.json")  # another job's build: say why nothing happens for minutes
     return publish(final, "crs_pretrain.json", build)
 
 
