@@ -77,3 +77,25 @@ def test_batch_topk_keeps_at_least_one_and_only_the_top():
     H = torch.tensor([[4.0, 1.0, 3.0, 2.0]])
     # int(4·0.01 + 0.9999) = 1 token: the highest only
     assert_close(top_entropy_mask(H, torch.ones(1, 4), 0.01, "batch_topk"), torch.tensor([[1.0, 0, 0, 0]]))
+
+
+def test_register_feature_keeps_the_function_and_rollout_features_call_it():
+    from crs.credit.features import FEATURES, register_feature, rollout_features
+
+    def width(base, group_size):
+        return base["length"] * group_size
+
+    try:
+        assert register_feature("test_width")(width) is width
+        assert FEATURES["test_width"] is width
+        out = rollout_features(
+            torch.tensor([1.0, 0.0]),
+            torch.tensor([1, 0]),
+            torch.tensor([3, 5]),
+            torch.tensor([0, 0]),
+            2,
+            {"test_width"},
+        )
+        assert out["test_width"].tolist() == [6, 10]
+    finally:
+        FEATURES.pop("test_width", None)

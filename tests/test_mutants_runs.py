@@ -28,7 +28,14 @@ from crs.runs.checkpoint import (
     run_key,
     write_json_atomic,
 )
-from crs.runs.guard import CollapseWatch, FiniteChecks, NonFiniteError, _finite
+from crs.runs.guard import (
+    CollapseWatch,
+    FiniteChecks,
+    NonFiniteError,
+    _finite,
+    _GradParamGuard,
+    install_guards,
+)
 
 
 def _ckpt(home, step, complete=True):
@@ -284,3 +291,78 @@ def test_logit_guard_sees_every_row_of_a_plain_tensor():
 def test_credit_check_skips_a_batch_without_token_weights():
     c = FiniteChecks(_Trainer())
     c.credit(type("B", (), {"advantages": torch.ones(2)})())  # no token_weights attribute: fine
+
+
+# -- guard wiring: install_guards, the grad_norm message, CollapseWatch's HF callback ------------------
+
+
+class _Head(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _hf_like(model, global_step=8):
+    from types import SimpleNamespace
+
+    cbs = []
+    return SimpleNamespace(
+        state=SimpleNamespace(global_step=global_step), model=model, callbacks=cbs, add_callback=cbs.append
+    )
+
+
+def test_install_guards_wires_the_trainer_into_the_checks_and_the_callback():
+    from types import SimpleNamespace
+
+    model = _Head()
+    trainer = _hf_like(model, global_step=8)
+    install_guards(trainer)
+    assert trainer.checks.trainer is trainer and trainer.checks.step() == 9
+    (guard,) = trainer.callbacks
+    assert guard.trainer is trainer
+    model(torch.randn(2, 3)).sum().backward()
+    model.head.weight.grad[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"^non-finite grad_norm \(inf\) at step 3$"):
+        guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=2), None)
+
+
+def test_install_guards_on_a_model_without_an_output_head_adds_no_hook():
+    trainer = _hf_like(torch.nn.Linear(3, 2))  # nn.Linear has no get_output_embeddings
+    install_guards(trainer)
+    assert not hasattr(trainer, "_crs_logit_hook")
+    assert len(trainer.callbacks) == 1
+
+
+def test_grad_norm_error_carries_the_norm_in_the_message_and_the_value():
+    from types import SimpleNamespace
+
+    model = _Head()
+    model(torch.randn(2, 3)).sum().backward()
+    model.body.bias.grad[1] = float("nan")
+    guard = _GradParamGuard(_hf_like(model))
+    with pytest.raises(NonFiniteError) as info:
+        guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=0), None)
+    assert str(info.value) == "non-finite grad_norm (nan) at step 1" and math.isnan(info.value.value)
+
+
+def test_collapse_watch_callback_feeds_on_log_into_update_on_the_main_process_only():
+    from types import SimpleNamespace
+
+    from transformers import TrainerCallback
+
+    top = {"entropy": math.log(100), "reward": 0.0}
+    w = _watch(patience=1)
+    cb = w.callback()
+    assert isinstance(cb, TrainerCallback)
+    cb.on_log(None, SimpleNamespace(is_world_process_zero=False, global_step=3), None, logs=dict(top))
+    cb.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=4), None, logs=None)
+    cb.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=4), None, logs={})
+    assert not w.warned and w.console.lines == []
+    cb.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=5), None, logs=dict(top))
+    assert w.warned and w.tracker.tags["crs.warning"].startswith("policy collapsed at step 5: ")

@@ -135,3 +135,84 @@ def test_register_schedule_records_ranges_and_refuses_a_duplicate():
     finally:
         SCHEDULES.pop("_mut_probe", None)
         SCHEDULE_RANGES.pop("_mut_probe", None)
+
+
+# -- short_run_warning / run_rollouts / warn_if_short (issue 23's warning), values by hand ----------------
+
+HEAD = "crs: warning: run too short for its schedule — methods will look alike: "
+
+
+def test_short_run_warning_names_the_window_the_values_and_the_rollouts_needed():
+    from crs.schedules import short_run_warning
+
+    # T = 3, end 0.8: s_max = int(2.4) = 2, p = s/2 -> ρ = 0.5·(1 − p) = 0.25, 0, 0; need ⌈11 / 0.8⌉ = 14
+    cfg = {"name": "linear", "m": 0.5, "start": 0.0, "end": 0.8}
+    assert short_run_warning(cfg, ["k"], 3, "tp") == HEAD + (
+        "schedule=linear moves ρ 0.25 → 0.00 within 3 rollout(s) and tp equals GRPO on 2 of them; "
+        "give it ≥ 14 rollouts (trainer.max_steps)"
+    )
+
+
+def test_short_run_warning_defaults_and_the_min_window_boundary():
+    from crs.schedules import MIN_WINDOW, short_run_warning
+
+    assert MIN_WINDOW == 10
+    # defaults m 0.99, start 0, end 0.8; T = 12: window int(9.6) = 9 < 10; ρ(1) = 0.99·8/9 = 0.88; ρ = 0 from s = 9
+    assert short_run_warning({"name": "linear"}, ["k"], 12) == HEAD + (
+        "schedule=linear moves ρ 0.88 → 0.00 within 12 rollout(s) and the method equals GRPO on 4 of them; "
+        "give it ≥ 14 rollouts (trainer.max_steps)"
+    )
+    assert short_run_warning({"name": "linear"}, ["k"], 13) is None  # window int(10.4) = 10
+    # start 0.5: window int(T) − int(T/2): T = 19 -> 19 − 9 = 10 (silent), T = 18 -> 9 (warns), need ⌈11/0.5⌉
+    late = {"name": "linear", "start": 0.5, "end": 1.0}
+    assert short_run_warning(late, ["k"], 19) is None
+    line = short_run_warning(late, ["k"], 18, "m")
+    assert line == HEAD + (
+        "schedule=linear moves ρ 0.99 → 0.00 within 18 rollout(s) and m equals GRPO on 1 of them; "
+        "give it ≥ 22 rollouts (trainer.max_steps)"
+    )
+
+
+def test_short_run_warning_rho_zero_throughout_and_the_silent_cases():
+    from crs.schedules import short_run_warning
+
+    zero = HEAD + "ρ = 0 at every rollout, so {} is plain GRPO for the whole run"
+    assert short_run_warning({"name": "constant", "m": 0.0}, ["k"], 500, "pure") == zero.format("pure")
+    # T = 1: s_max = int(0.8) = 0 -> 1, p(1) = 1 -> ρ = 0 at the only rollout
+    assert short_run_warning({"name": "linear"}, ["k"], 1) == zero.format("the method")
+    assert short_run_warning({"name": "linear"}, ["k"], 0) is None  # no rollouts
+    assert short_run_warning({"name": "linear"}, [], 3) is None  # nothing driven
+    assert short_run_warning({"name": "constant", "m": 0.5}, ["k"], 3) is None  # constant: no window
+
+
+def test_run_rollouts_counts_generations_of_the_optimizer_steps():
+    from types import SimpleNamespace
+
+    from crs.schedules import run_rollouts
+
+    t = SimpleNamespace(
+        args=SimpleNamespace(gradient_accumulation_steps=2), _micro_steps_per_rollout=lambda: 4
+    )
+    assert run_rollouts(t, 5) == 3  # ⌈5·2 / 4⌉
+    assert run_rollouts(t, 4) == 2
+    assert run_rollouts(t, 0) == 1  # at least one
+    assert run_rollouts(SimpleNamespace(), 7.0) == 7  # not a crs GRPO trainer: one rollout per step
+
+
+def test_warn_if_short_echoes_the_line_once_and_nothing_for_a_long_run():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from crs.schedules import short_run_warning, warn_if_short
+
+    t = SimpleNamespace(
+        args=SimpleNamespace(gradient_accumulation_steps=1), _micro_steps_per_rollout=lambda: 1
+    )
+    cfg = OmegaConf.create({"schedule": {"name": "linear", "m": 0.5}, "trainer": {"max_steps": 3}})
+    said: list[str] = []
+    warn_if_short(cfg, ["k"], t, "tp", said.append)
+    assert said == [short_run_warning({"name": "linear", "m": 0.5}, ["k"], 3, "tp")] and said[0]
+    cfg.trainer.max_steps = 300
+    warn_if_short(cfg, ["k"], t, "tp", said.append)
+    assert len(said) == 1

@@ -78,19 +78,23 @@ def gigpo_advantages(
         has = m.sum(1) > 0
         A_ep = grouped_norm(turns.outcome, turns.group, has.float(), mode, singleton="raw")
         A_E = A_ep.unsqueeze(1) * m
-    # anchor groups: identical anchor within the same task group
-    n_anchor = int(turns.anchor.max().item()) + 1 if turns.anchor.numel() else 1
-    key = group * max(n_anchor, 1) + turns.anchor.clamp(min=0)
-    A_S = grouped_norm(G, key, m, mode, singleton="zero")
+    A_S = grouped_norm(G, _anchor_key(turns), m, mode, singleton="zero")
     return (A_E + omega * A_S) * m, A_E, A_S
+
+
+def _anchor_key(turns: TurnBatch) -> Tensor:
+    """``[N,K]`` anchor-group id: units with the same anchor state within the same task group (ids of
+    different tasks never collide: ``group · n_anchor + anchor``; a batch without turns has one group)."""
+    n_anchor = int(turns.anchor.max().item()) + 1 if turns.anchor.numel() else 1
+    group = turns.group.unsqueeze(1).expand_as(turns.turn_mask)
+    return group * max(n_anchor, 1) + turns.anchor.clamp(min=0)
 
 
 def _gigpo_turns(turns: TurnBatch, group_size: int, **args) -> TurnCredit:
     A, A_E, A_S = gigpo_advantages(turns, **args)
     m = turns.turn_mask
     # anchor-group sizes: how often a unit shares its state with another rollout of the task
-    key = turns.group.unsqueeze(1).expand_as(m) * (int(turns.anchor.max()) + 1) + turns.anchor.clamp(min=0)
-    keys = key[m > 0]
+    keys = _anchor_key(turns)[m > 0]
     _, counts = torch.unique(keys, return_counts=True)
     shared = float((counts[counts > 1]).sum()) / max(1, keys.numel())
     return TurnCredit(
