@@ -1017,3 +1017,224 @@ def test_gigpo_shared_anchor_fraction_counts_within_tasks_only():
     # three one-rollout tasks, anchor ids 0 and 1: no unit shares its state with another rollout
     tb = _tb([["A", "B"], ["A"], ["A"]], [[0.0, 1.0], [0.0], [0.0]], group_size=1)
     assert METHOD.turn_credit(tb, 1, invalid_penalty=0.0).metrics["shared_anchor_frac"] == 0.0
+
+
+# -- issue 17, last pass: check_run's trainer kind, separator, list end, the check's args; A²TGPO's turn credit
+
+
+def test_chain_check_run_reads_trainer_kind_with_grpo_as_default(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from crs.methods.chain import CreditChain
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    no_kind = OmegaConf.create({"trainer": {}, "benchmark": {"name": "arithmetic"}})
+    CreditChain({"focal_grpo": {}}).check_run(no_kind)  # no trainer.kind: a grpo run
+    with pytest.raises(ConfigError) as info:
+        CreditChain({"dpo": {"data_file": None}}).check_run(no_kind)
+    assert str(info.value) == "method dpo runs on trainer.kind=dpo, not trainer.kind=grpo"
+    dpo = OmegaConf.create({"trainer": {"kind": "dpo"}, "benchmark": {"name": "arithmetic"}})
+    CreditChain({"dpo": {}}).check_run(dpo)  # the configured kind is read, not the default
+
+
+def test_chain_check_run_joins_trainer_kinds_closes_the_list_and_passes_the_args(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from crs.methods.chain import CreditChain
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    seen = []
+    table = {
+        "two": _own("two", trainers=("grpo", "rloo")),
+        "seen": _own("seen", check=lambda cfg, args: seen.append((cfg.benchmark.name, dict(args)))),
+    }
+    cfg = OmegaConf.create({"trainer": {"kind": "dpo"}, "benchmark": {"name": "arithmetic"}})
+    with pytest.raises(ConfigError) as info:
+        CreditChain({"two": {}}, methods=table).check_run(cfg)
+    assert str(info.value) == "method two runs on trainer.kind=grpo|rloo, not trainer.kind=dpo"
+    cfg = OmegaConf.create({"trainer": {"kind": "grpo"}, "benchmark": {"name": "arithmetic"}})
+    CreditChain({"seen": {"x": 0.5}}, methods=table).check_run(cfg)
+    assert seen == [("arithmetic", {"x": 0.5, "y": 2.0})]  # the step's own check gets its arguments
+    with pytest.raises(ConfigError) as info:
+        CreditChain({"pure": {}}).check_run(OmegaConf.create({"trainer": {}, "benchmark": {"name": "maze"}}))
+    import re  # the list of multi-turn step methods (grows with the registry) ends with one ")"
+
+    assert re.fullmatch(r".*\(step and turn methods there: [a-z0-9_]+(, [a-z0-9_]+)*\)", str(info.value))
+
+
+def test_a2tgpo_turn_credit_passes_gamma_alpha_beta_through():
+    import math
+
+    from crs.methods.a2tgpo import METHOD
+
+    # the geometry of test_a2tgpo_defaults_on_a_group_of_two_with_a_padded_turn, with γ ½, α 0.7, β 0.6
+    ig = [[0.2, 0.6, 0.0, 0.0], [0.4, 0.2, 0.0, 0.0]]
+    tb = _a2_turns([0, 0], [[1, 1, 1, 0], [1, 1, 1, 1]], [[1, 1, 0, 0], [1, 1, 0, 0]], ig, [1.0, 0.0])
+    out = METHOD.turn_credit(tb, 2, gamma=0.5, alpha=0.7, beta=0.6, ig_type="prob_diff")
+    h1, h2, r = _z(0.1, 0.01), _z(0.2, 0.04), _z(0.5, 0.25)
+    s2 = math.sqrt(2)  # D_0 = îg_0 + γ·îg_1 over n = 2, D_1 = îg_1 (n = 1); A = R̂ + α·D/√n on tool turns
+    want = torch.tensor(
+        [
+            [r + 0.7 * (0.5 * h2 - h1) / s2, r + 0.7 * h2, r, 0.0],
+            [-r + 0.7 * (h1 - 0.5 * h2) / s2, -r - 0.7 * h2, -r, -r],
+        ]
+    )
+    assert_close(out.advantages, want)
+
+    def cs(x):  # 1 + β·(2σ(x) − 1)
+        return 1 + 0.6 * (2 / (1 + math.exp(-x)) - 1)
+
+    c = [[cs(-h1), cs(h2), 1.0, 1.0], [cs(h1), cs(-h2), 1.0, 1.0]]
+    assert_close(out.clip_scale, torch.tensor(c))
+    assert out.metrics == pytest.approx(
+        {"ig_mean": 0.35, "clip_scale_mean": (c[0][0] + c[0][1] + c[1][0] + c[1][1]) / 4}
+    )
+
+
+def test_gigpo_turn_credit_of_a_batch_without_turns_has_zero_metrics():
+    from crs.methods.gigpo import METHOD
+
+    # reachable since _anchor_key handles K = 0: no unit, so no mean to take (not NaN, not 1)
+    out = METHOD.turn_credit(_tb([[], []], [[], []]), 2)
+    assert out.metrics == {"shared_anchor_frac": 0.0, "step_adv_abs": 0.0, "episode_adv_abs": 0.0}
+
+
+def test_matchtir_three_call_turns_in_one_episode_and_the_configured_lambda():
+    import dataclasses
+
+    from crs.methods.matchtir import METHOD
+
+    # one episode: add, sub, mul calls in turns 0-2 (add and sub exact, mul's value wrong: 2/3), then the
+    # answer turn (success: 1). Turn rewards 1, 1, 2/3, 1: each turn reads its own slice of the scores
+    calls = [[[("add", {"a": 3})], [("sub", {"b": 1})], [("mul", {"c": 2})], []]]
+    gold = [[_gold("add", a=3), _gold("sub", b=1), _gold("mul", c=5)]]
+    tb = _tb([["w", "x", "y", "z"]], [[0] * 4], calls=calls, gold=gold, success=[True], group_size=1)
+    tb = dataclasses.replace(tb, has_call=torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+    out = METHOD.turn_credit(tb, 1, lam=0.5)
+    # a singleton keeps raw R = 11/3 and raw G_k = r_k + λ·G_{k+1} (λ ½): 43/24, 19/12, 7/6, 1; A = (R + G)/2
+    R = 11 / 3
+    want = torch.tensor([[(R + 43 / 24) / 2, (R + 19 / 12) / 2, (R + 7 / 6) / 2, (R + 1) / 2]])
+    assert_close(out.advantages, want)
+    assert out.metrics == pytest.approx({"call_reward": 8 / 9, "traj_reward": 11 / 3})
+
+
+def test_matchtir_metrics_with_one_call_turn_and_a_padded_slot():
+    import dataclasses
+
+    from crs.methods.matchtir import METHOD
+
+    # row 0: an exact call, then the answer (success); row 1: one answer turn (failure) and a padded slot
+    calls = [[[("add", {"a": 3})], []], [[]]]
+    tb = _tb(
+        [["x", "y"], ["x"]],
+        [[0, 0], [0]],
+        calls=calls,
+        gold=[[_gold("add", a=3)]] * 2,
+        success=[True, False],
+        group_size=1,
+    )
+    tb = dataclasses.replace(tb, has_call=torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    out = METHOD.turn_credit(tb, 1)
+    # call reward: 1 over the one call turn (not clamped to 2); trajectory rewards 2 and 0
+    assert out.metrics == pytest.approx({"call_reward": 1.0, "traj_reward": 1.0})
+
+
+def _pure_three_rows():
+    from crs.steps.segment import segment_batch
+
+    # a group of three two-token rows, one step each (ending at the last token)
+    ids, cmask = torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.ones(3, 2, dtype=torch.long)
+    steps = segment_batch(ids, cmask, frozenset({7}))
+    assert steps.valid.tolist() == [[True]] * 3 and steps.end_mask().tolist() == [[0, 1]] * 3
+    return steps, cmask.float()
+
+
+def test_pure_strict_form_baseline_over_a_group_of_three():
+    from crs.methods.pure import pure_advantages
+
+    steps, mask = _pure_three_rows()
+    p, solved = torch.tensor([[0.5], [-1.0], [0.25]]), torch.zeros(3, dtype=torch.bool)
+    got = pure_advantages(
+        p, steps, mask, solved, 3, form="strict", vr_coef=0.0, mask_separator=False, whiten=False
+    )
+    # r = (0, p_i); G_t = min_{t' ≥ t} r: (0, .5), (−1, −1), (0, .25), totals .5, −2, .25; the others'
+    # total b_i = −1.75, .75, −1.5 over (G − 1)·N = 2·2 tokens: G − b/4
+    want = torch.tensor([[0.4375, 0.9375], [-1.1875, -1.1875], [0.375, 0.625]])
+    assert_close(got, want)
+
+
+def test_pure_strict_form_whitens_over_the_non_separator_tokens():
+    from crs.methods.pure import pure_advantages
+
+    steps, mask = _pure_three_rows()
+    p, solved = torch.tensor([[0.5], [-1.0], [0.25]]), torch.zeros(3, dtype=torch.bool)
+    got = pure_advantages(p, steps, mask, solved, 3, form="strict", vr_coef=0.0)  # separator masked, whiten
+    # the separator (last) tokens are 0 and out of the statistics: token 0's .4375, −1.1875, .375:
+    # mean −.125, unbiased var (.5625² + 1.0625² + .5²)/2 = .84765625
+    s = (0.84765625 + 1e-8) ** 0.5
+    assert_close(got, torch.tensor([[0.5625 / s, 0.0], [-1.0625 / s, 0.0], [0.5 / s, 0.0]]))
+
+
+def test_pure_whiten_nonzero_a_lone_nonzero_entry_is_its_own_mean():
+    from crs.methods.pure import whiten_nonzero
+
+    # one non-zero valid entry in the batch: mean over it alone (count 1) is itself, so it whitens to 0
+    got = whiten_nonzero(torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]), torch.ones(2, 3))
+    assert got.tolist() == [[0.0] * 3] * 2
+
+
+def test_pure_produce_passes_temperature_and_baseline_on_a_batch_where_they_matter():
+    from types import SimpleNamespace
+
+    from crs.methods.pure import produce, pure_advantages
+    from crs.steps.scorers import RolloutView
+
+    # unwhitened, so a lone surviving token is not whitened to 0; row 1's step scores 0.8, so the token
+    # baseline of row 0 (R_1 / L_1 = 0.8) is not 0
+    steps, mask = _pure_steps()
+    z = torch.zeros(2, 1, dtype=torch.long)
+    succ = torch.tensor([True, False])
+    view = RolloutView(z, z, torch.zeros(2, 3, dtype=torch.long), mask, [{}, {}], [[], []], steps, succ, 2)
+    view.trainer = SimpleNamespace(max_completion_length=6)
+    probs = torch.tensor([[0.75, 0.25], [0.9, 0.5]])
+    signed = torch.tensor([[0.5, -0.5], [0.8, 0.0]])  # 2p − 1 on valid steps
+    fixed = {"vr_coef": 0.0, "mask_separator": False, "whiten": False}
+    for args, default in (
+        ({"form": "softmin", "temperature": 0.5, "baseline": "none"}, {"temperature": 0.1}),
+        ({"form": "sum", "temperature": 0.1, "baseline": "none"}, {"baseline": "token"}),
+    ):
+        want = pure_advantages(signed, steps, mask, succ, 2, width=6, **args, **fixed)
+        other = pure_advantages(signed, steps, mask, succ, 2, width=6, **{**args, **default}, **fixed)
+        assert not torch.allclose(want, other)  # the argument is visible on this batch
+        assert_close(produce(view, probs, "prob", {**args, **fixed}, torch.zeros(2))["pure_adv"], want)
+
+
+def test_matchtir_soft_turn_rewards_default_reg_0_1():
+    from crs.methods.matchtir import matchtir_advantages, turn_rewards
+
+    calls = [[[("f", {"a": 1}), ("f", {"a": 2})], []]]
+    tb = _tb([["x", "y"]], [[0, 0]], calls=calls, gold=[[_gold("f", a=1), _gold("f", a=2)]], group_size=1)
+    x = _soft(0.1)  # the turn's mean of the two calls' soft rewards, as in the soft-rewards test
+    assert_close(turn_rewards(tb, "soft"), torch.tensor([[x, 0.0]]))
+    assert_close(matchtir_advantages(tb, kind="soft")[1], torch.tensor([[x, 0.0]]))
+
+
+def test_a2tgpo_turn_credit_defaults_gamma_1_alpha_0_3_beta_0_3():
+    import math
+
+    from crs.methods.a2tgpo import METHOD
+
+    ig = [[0.2, 0.6, 0.0, 0.0], [0.4, 0.2, 0.0, 0.0]]
+    tb = _a2_turns([0, 0], [[1, 1, 1, 0], [1, 1, 1, 1]], [[1, 1, 0, 0], [1, 1, 0, 0]], ig, [1.0, 0.0])
+    out = METHOD.turn_credit(tb, 2)
+    h1, h2, r, s2 = _z(0.1, 0.01), _z(0.2, 0.04), _z(0.5, 0.25), math.sqrt(2)
+    want = [
+        [r + 0.3 * (h2 - h1) / s2, r + 0.3 * h2, r, 0.0],
+        [-r + 0.3 * (h1 - h2) / s2, -r - 0.3 * h2, -r, -r],
+    ]
+    assert_close(out.advantages, torch.tensor(want))
+
+    def cs(x):
+        return 1 + 0.3 * (2 / (1 + math.exp(-x)) - 1)
+
+    assert_close(out.clip_scale, torch.tensor([[cs(-h1), cs(h2), 1.0, 1.0], [cs(h1), cs(-h2), 1.0, 1.0]]))

@@ -216,3 +216,23 @@ def test_warn_if_short_echoes_the_line_once_and_nothing_for_a_long_run():
     cfg.trainer.max_steps = 300
     warn_if_short(cfg, ["k"], t, "tp", said.append)
     assert len(said) == 1
+
+
+def test_warn_if_short_counts_the_trainers_rollouts_not_the_optimizer_steps():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from crs.schedules import warn_if_short
+
+    # GA 2, one micro-step per rollout: 3 optimizer steps are 6 rollouts (without the trainer: 3)
+    t = SimpleNamespace(
+        args=SimpleNamespace(gradient_accumulation_steps=2), _micro_steps_per_rollout=lambda: 1
+    )
+    cfg = OmegaConf.create({"schedule": {"name": "linear", "m": 0.5}, "trainer": {"max_steps": 3}})
+    said: list[str] = []
+    warn_if_short(cfg, ["k"], t, "tp", said.append)
+    # T = 6, end 0.8: s_max = int(4.8) = 4, ρ = 0 at s = 4, 5, 6; need ⌈11 / 0.8⌉ = 14
+    assert len(said) == 1 and said[0].endswith(
+        "within 6 rollout(s) and tp equals GRPO on 3 of them; give it ≥ 14 rollouts (trainer.max_steps)"
+    )

@@ -179,10 +179,12 @@ def produce(view: RolloutView, scores: Tensor, kind: str, args: Mapping[str, Any
 def intervention(
     batch: CreditBatch,
     rate: float = 1.0,
-    max_per_rollout: int = 16,
-    candidates: int = 8,
-    sft_steps: int = 1,
-    lr: float = 1e-4,
+    # read by produce() from Method.defaults, never by this step: a mutant here is equivalent under mutmut
+    # (its wrapper keeps the original signature), so they are not mutated (docs/mutation.md)
+    max_per_rollout: int = 16,  # pragma: no mutate
+    candidates: int = 8,  # pragma: no mutate
+    sft_steps: int = 1,  # pragma: no mutate
+    lr: float = 1e-4,  # pragma: no mutate
 ) -> CreditBatch:
     """InT (arXiv 2601.14209): SFT on prefix + self-proposed one-step fix of failed traces, then RL.
 
