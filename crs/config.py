@@ -226,7 +226,9 @@ class HFDatasetConfig:
     answer_field: str = _f("answer", "Column with the reference answer.")
     answer_format: str = _f(
         "raw",
-        "How to read the reference: raw, gsm8k (text after '####'), boxed (last \\boxed{} in a solution).",
+        "How to read the reference: raw, gsm8k (text after '####'), boxed (last \\boxed{} in a solution), "
+        "list (the first element of a list column: OlympiadBench's final_answer), gpqa (four choices "
+        "shuffled into the question by a seed from its text; the reference is the letter).",
     )
     prompt_template: str = _f(
         "{question}\nPut your final answer within \\boxed{{}}.", "User message; {question} is replaced."

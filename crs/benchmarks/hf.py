@@ -31,16 +31,49 @@ def reference_answer(raw: Any, answer_format: str) -> str:
     """The gold answer as a string math-verify can parse.
 
     ``gsm8k``: the text after ``####`` (thousands separators removed); ``boxed``: the solution as is
-    (math-verify finds its last ``\\boxed{}``); ``raw``: the value as is.
+    (math-verify finds its last ``\\boxed{}``); ``raw``: the value as is; ``list``: the first element of
+    a list column (OlympiadBench's ``final_answer``); ``gpqa``: see :func:`gpqa_rows`.
     """
+    if answer_format == "list":
+        raw = raw[0] if isinstance(raw, list | tuple) and raw else raw
+        answer_format = "raw"
     text = str(raw)
     if answer_format == "gsm8k":
         if "####" not in text:
             raise ValueError(f"gsm8k answer without '####': {text[:80]!r}")
         return text.split("####")[-1].strip().replace(",", "")
-    if answer_format in ("raw", "boxed"):
+    if answer_format in ("raw", "boxed", "gpqa"):
         return text.strip()
-    raise ConfigError(f"benchmark.answer_format must be raw, gsm8k or boxed (got {answer_format!r})")
+    raise ConfigError(
+        f"benchmark.answer_format must be raw, gsm8k, boxed, list or gpqa (got {answer_format!r})"
+    )
+
+
+GPQA_WRONG = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+LETTERS = "ABCD"
+
+
+def gpqa_rows(ds: Dataset, q: str, a: str) -> tuple[list[str], list[str]]:
+    """GPQA's format (Idavidrein/gpqa: ``Question``, ``Correct Answer``, ``Incorrect Answer 1..3``) as
+    multiple-choice questions: the four answers shuffled by a seed derived from the question text (the
+    same order on every machine and run), listed as ``A) … D)``; the reference is the correct letter."""
+    import random
+
+    missing = [c for c in GPQA_WRONG if c not in ds.column_names]
+    if missing:
+        raise ConfigError(
+            f"benchmark: column {missing[0]!r} not in dataset (answer_format gpqa needs {a!r} and "
+            f"{', '.join(GPQA_WRONG)}; columns: {', '.join(ds.column_names)})"
+        )
+    questions, letters = [], []
+    for row in ds:
+        choices = [str(row[a]).strip(), *(str(row[c]).strip() for c in GPQA_WRONG)]
+        order = list(range(4))
+        random.Random(str(row[q])).shuffle(order)
+        listed = "\n".join(f"{LETTERS[i]}) {choices[j]}" for i, j in enumerate(order))
+        questions.append(f"{str(row[q]).strip()}\n\n{listed}")
+        letters.append(LETTERS[order.index(0)])
+    return questions, letters
 
 
 def _completion_text(completion: Any) -> str:
@@ -119,10 +152,11 @@ def _prepare(ds: Dataset, cfg: Mapping[str, Any], n: int | None, seed: int | Non
         ds = ds.select(range(min(n, len(ds))))
     from datasets import Dataset
 
-    rows = {
-        "prompt": [_prompt(x, cfg) for x in ds[q]],
-        "answer": [reference_answer(x, cfg["answer_format"]) for x in ds[a]],
-    }
+    if cfg["answer_format"] == "gpqa":  # multiple choice: the question lists the shuffled answers
+        questions, answers = gpqa_rows(ds, q, a)
+    else:
+        questions, answers = ds[q], [reference_answer(x, cfg["answer_format"]) for x in ds[a]]
+    rows = {"prompt": [_prompt(x, cfg) for x in questions], "answer": list(answers)}
     return Dataset.from_dict(rows)
 
 

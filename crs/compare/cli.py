@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:max|:min]",
         help="extra columns: a metric's last logged value (e.g. final/reward_last10:max)",
     )
+    p.add_argument(
+        "--benchmarks",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="METRIC",
+        help="a column per benchmark crs eval logged METRIC for (avg@16, pass@8, greedy): methods × benchmarks",
+    )
     return p
 
 
@@ -82,8 +90,10 @@ def main(argv: list[str]) -> None:
         if args.format not in ("table", "markdown"):
             parser.error(f"--markdown and --format {args.format} ask for two formats")
         args.format = "markdown"
-    if args.from_export and (args.plot or args.metric or args.uri):
-        parser.error("--from renders an export as it is: --plot, --metric and --uri need a store")
+    if args.from_export and (args.plot or args.metric or args.uri or args.benchmarks):
+        parser.error(
+            "--from renders an export as it is: --plot, --metric, --benchmarks and --uri need a store"
+        )
     if args.from_export and args.export:
         parser.error("--from and --export: an export is exported already (copy the file)")
     if args.export and Path(args.export).suffix not in (".json", ".csv"):
@@ -96,7 +106,12 @@ def main(argv: list[str]) -> None:
         if args.from_export:
             cmp = from_export(read_export(args.from_export), args.from_export)
         else:
-            cmp = load(resolve(args), args.threshold, extra)
+            sel = resolve(args)
+            if args.benchmarks:
+                from crs.compare.benchmarks import benchmark_columns
+
+                extra += benchmark_columns(sel, args.benchmarks)
+            cmp = load(sel, args.threshold, extra)
         if args.export:
             path = write_export(cmp, args.export, argv)
             print(f"crs compare: wrote {path}", file=info, flush=True)
