@@ -18,7 +18,8 @@ section             what goes there
                     localization (``loc/*``), step scores, interventions and implicit-PRM statistics
                     (``steps/*``, ``int/*``, ``implicit/*``, R³L's ``r3l/*``) of step-level methods
 ``4 rollouts``      reward spread, per-reward-function means, completion lengths, tokens,
-                    multi-turn environment counts (``env/*``; ``env/success`` is in ``1 main``)
+                    multi-turn environment counts (``env/*``; ``env/success`` is in ``1 main``),
+                    orchestration-trace costs and spawns (``orch/*``)
 ``5 optimizer``     loss, grad norm, learning rate, clip ratios, TRL's entropy of trained tokens
 ``6 eval``          the other evaluation metrics (``eval_reward``, ``eval_completions/*`` …)
 ``7 diagnostics``   ``diag/*`` scalars (KL(rollout‖updated) …)
@@ -77,6 +78,7 @@ RULES: list[tuple[str, str | None]] = [
     (r"rewards/(.+)", "4 rollouts/rewards.{1}"),
     (r"completions/(.+)", "4 rollouts/length.{1}"),
     (r"env/(.+)", "4 rollouts/env.{1}"),
+    (r"orch/(.+)", "4 rollouts/orch.{1}"),  # orchestration traces (crs/envs/orchestra.py): costs, spawns
     # 5 optimizer
     (r"(loss|grad_norm|learning_rate)", "5 optimizer/{0}"),
     (r"clip_ratio/(.+)", "5 optimizer/clip_ratio.{1}"),

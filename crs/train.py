@@ -393,6 +393,8 @@ def _train(
     tracker.log_dict(summary, "summary.json")
     if main:  # one folder for the job (crs/runs/distributed.py): rank 0 writes it
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if "log_artifacts" in bench.info:  # an environment's own artifacts (orchestra: samples/traces.jsonl)
+        bench.info["log_artifacts"](tracker, output_dir if main else None)
     if trainer.samples:
         tracker.log_dict(trainer.samples, "samples/rollouts.json")
         if main:

@@ -68,6 +68,7 @@ BUILTIN: dict[str, tuple[str, bool]] = {
     "hf": ("crs.benchmarks.hf", False),
     "maze": ("crs.envs.maze", True),
     "calc_tool": ("crs.envs.calc", True),
+    "orchestra": ("crs.envs.orchestra", True),
 }
 
 

@@ -10,6 +10,8 @@ completion and masked from the loss through TRL's ``tool_mask``. Pieces:
 - :mod:`crs.envs.base` — :class:`TurnEnv`, which logs one :class:`StepRecord` per tool call;
 - :mod:`crs.envs.maze` (``benchmark=maze``) — grid maze whose observations repeat across rollouts;
 - :mod:`crs.envs.calc` (``benchmark=calc_tool``) — arithmetic with a calculator tool and gold call traces;
+- :mod:`crs.envs.orchestra` (``benchmark=orchestra``) — an orchestrator spawning frozen sub-agents, with costs;
+- :mod:`crs.envs.trace` — orchestration traces in the MAS-RL survey's schema: builder, validator, JSON Schema;
 - :mod:`crs.envs.policy` — warm-started tiny policies, built on first use and cached;
 - :mod:`crs.envs.turns` — turn structure of a rollout batch (turn spans, anchors, calls, rewards) and
   the rollout-time hook the trainer calls; per-turn metrics (``env/*``);
