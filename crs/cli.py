@@ -4,9 +4,11 @@
     crs sweep <grid> [overrides]     a grid from sweeps/<grid>.yaml (= crs train --config-dir sweeps --config-name <grid>)
     crs pretrain [overrides]         build (or show) the embedded warm-started model
     crs schedule <option> [overrides] [--steps N] [--plot file.png]   look at a schedule before using it
+    crs eval [source=…] [benchmark=…|suite=paper] [eval.n=…]   avg@k, pass@k, greedy accuracy of any model (docs/eval.md)
     crs compare [--sweep ID | --experiment NAME | --last | --from EXPORT] [--format ...] [--plot DIR] [--export results/X.json]
     crs ui [--port 5000]             the MLflow UI on ./mlflow.db, opened on the training runs
     crs runs clean [--dry-run]       close runs left RUNNING by a dead process (kill -9, node loss)
+    crs pipeline <name> [overrides]  a multi-stage experiment (crs/pipeline/conf/, e.g. sparse_to_dense size=debug)
 
 ``train`` and ``pretrain`` hand argv to ``@hydra.main`` untouched, so multirun, launchers and
 ``--cfg`` keep working. For a single run, the config is first composed and checked here so that a
@@ -25,7 +27,7 @@ from crs.errors import did_you_mean, one_line  # noqa: E402
 from crs.locations import SWEEPS_DIR  # noqa: E402
 
 _PARSE_ARGS = argparse.ArgumentParser.parse_args
-VERBS = ("train", "sweep", "pretrain", "schedule", "compare", "ui", "runs")
+VERBS = ("train", "sweep", "pretrain", "schedule", "compare", "ui", "runs", "pipeline")
 
 
 def compose(
@@ -221,6 +223,23 @@ def _hydra_verb(verb: str, argv: list[str], module: str) -> None:
     entry()
 
 
+def _eval_verb(argv: list[str]) -> None:
+    """``crs eval``: compose ``conf/eval.yaml``, check values, sources and data files (one line, exit 2),
+    then hand argv to :func:`crs.eval.main.main` (Hydra flags such as ``--cfg job`` skip the checks)."""
+    from crs.eval.settings import register_eval_configs
+
+    register_eval_configs()
+    if not any(a.startswith("-") for a in argv):
+        from crs.eval.main import prepare
+
+        cfg = _checked(lambda: compose(argv, config_name="eval"), argv)
+        choice = next((a.split("=", 1)[1] for a in argv if a.startswith("benchmark=")), None)
+        _checked(lambda: prepare(cfg, choice, lambda ov: compose(ov, config_name="eval"), argv), argv)
+    entry = load_entry("crs.eval.main")  # transformers and the model load start here
+    sys.argv = ["crs eval", *argv]
+    entry()
+
+
 def load_entry(module: str):
     """The ``@hydra.main`` of a verb (tests replace this to stop right after the preflight)."""
     import importlib
@@ -389,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         _hydra_verb("pretrain", rest, "crs.pretrain")
     elif verb == "schedule":
         schedule_cmd(rest)
+    elif verb == "eval":
+        _eval_verb(rest)
     elif verb == "compare":
         _store_arg("compare", must_exist=False)
         from crs.compare import main as compare_main
@@ -399,6 +420,10 @@ def main(argv: list[str] | None = None) -> None:
         from crs.ui import main as ui_main
 
         _user_errors(ui_main, rest)
+    elif verb == "pipeline":  # crs/pipeline: stages of crs train configs under one MLflow parent
+        from crs.pipeline import main as pipeline_main
+
+        pipeline_main(rest)
     elif verb == "runs":
         _store_arg("runs", must_exist=True)
         from crs.runs.liveness import runs_main

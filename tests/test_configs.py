@@ -71,8 +71,16 @@ def test_every_option_composes_and_validates(group, option):
             extra = ["benchmark=maze"]
         if "f_grpo" in credit:  # per-phase credit needs a benchmark with slate and ranking parts
             extra = ["benchmark=slate_rank"]
+        if "orch_credit" in credit:  # orchestration credit reads spawn/collect events
+            extra = ["benchmark=orchestra"]
         if any(n in METHODS and "grpo" not in METHODS[n].trainers for n in credit):  # preference methods
             extra = ["trainer=dpo"]
+    if group == "trainer":  # a trainer that needs a method (trainer=dpo) validates with one that runs on it
+        from crs.trainers import TRAINERS
+
+        kind = OmegaConf.load(CONF / "trainer" / f"{option}.yaml").get("kind", "grpo")
+        if TRAINERS[kind].needs_method:
+            extra = [f"method={next(n for n, m in sorted(METHODS.items()) if kind in m.trainers)}"]
     cfg = compose([f"{group}={option}", *extra])
     chain = validate(cfg)
     method = OmegaConf.to_container(cfg.method, resolve=True)
@@ -132,7 +140,12 @@ def test_sweep_grids_compose(grid):
         )
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweeper.params, "a grid must sweep something"
-    validate(cfg)
+    # the grid's first job: the first value of every swept key (a grid's base alone may not be a job,
+    # e.g. sweeps/t_reg.yaml sets trainer=dpo and sweeps method=dpo,t_reg)
+    first = [f"{k}={str(v).split(',')[0].strip()}" for k, v in cfg.hydra.sweeper.params.items()]
+    with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
+        job = hcompose(config_name=grid, overrides=[f"hydra.searchpath=[file://{CONF}]", *first])
+    validate(job)
 
 
 def test_defaults():

@@ -11,6 +11,8 @@ option, a removed make target or a grid that no longer exists fails here. The ru
 - ``crs train -m <overrides>`` → the same for every job of the grid (Hydra's sweep expansion), the
   ``hydra/launcher=`` choice included.
 - ``crs sweep <grid> <overrides>`` → ``sweeps/<grid>.yaml`` composes and every job of the grid validates.
+- ``crs eval <overrides>`` → ``conf/eval.yaml`` composes and its values check (a ``source=<run id>``
+  placeholder is left out); ``crs pipeline <name> <overrides>`` → ``crs/pipeline/conf/<name>.yaml`` composes.
 - ``crs compare|ui|runs|schedule <args>`` → the verb's own argparse parser accepts the arguments
   (the verb stops right after parsing).
 - any other first word → fails: the README only shows ``make``, ``source`` and ``crs`` commands.
@@ -140,6 +142,18 @@ def dry_run(cmd: str, monkeypatch) -> None:
         grid = SWEEPS / f"{rest[0]}.yaml"
         assert grid.is_file(), f"{cmd}: no grid {grid.name} in sweeps/"
         assert _validate_jobs(rest[0], rest[1:], SWEEPS) >= 2, f"{cmd}: a grid must have several jobs"
+    elif verb == "eval":
+        import crs.cli as cli
+        from crs.eval.settings import check_eval_values, register_eval_configs
+
+        register_eval_configs()
+        # a placeholder source (<run id>, <sweep id>) names a store's run: only the rest can be checked here
+        ovs = shlex.split(re.sub(r"source=<[^>]*>", "", shlex.join(rest).replace("'", "")))
+        check_eval_values(cli.compose(ovs, config_name="eval"))
+    elif verb == "pipeline":
+        from crs.pipeline import compose_pipeline
+
+        compose_pipeline(rest[0], rest[1:])
     elif verb in ("compare", "ui", "runs", "schedule"):
         import crs.cli as cli
 
@@ -181,6 +195,9 @@ def test_readme_command_dry_runs(cmd, monkeypatch):
         "crs compare --last --no-such-flag",
         "crs ui --no-such-flag",
         "crs schedule sigmoid --no-such-flag",
+        "crs eval eval.n=4 eval.k=[1,8]",
+        "crs eval source=<sweep id> benchmark=no_such",
+        "crs pipeline no_such_pipeline",
         "crs nosuchverb",
         "pip install crs",
     ],

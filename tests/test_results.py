@@ -99,3 +99,25 @@ def test_smoke_table_regenerates_from_its_command(tmp_path):
             " (the jobs' resolved config changed since the export: regenerate with make results SWEEP=smoke)"
         )
     assert not diff, f"results/smoke.json does not regenerate{why}: " + "; ".join(diff[:8])
+
+
+def test_readme_headlines_are_the_exports_numbers():
+    """Each README headline line names an export; every ``m [lo, hi]`` it quotes is a cell of that export's
+    table (``crs compare --from`` renders it ``m ± sd [lo, hi]``), so a re-made export cannot leave the
+    README behind."""
+    import re
+
+    lines = [ln for ln in (REPO / "README.md").read_text().splitlines() if ln.startswith("- [`results/")]
+    assert len(lines) >= 4
+    for ln in lines:
+        rel = re.match(r"- \[`(results/[^`]+)`\]", ln).group(1)
+        table = "\n".join(markdown_table(REPO / rel))
+        quoted = re.findall(r"(\d+\.\d+) \[(\d+\.\d+), (\d+\.\d+)\]", ln)
+        assert quoted, ln
+        for m, lo, hi in quoted:
+            assert re.search(rf"{re.escape(m)} ± [\d.]+ \[{re.escape(lo)}, {re.escape(hi)}\]", table), (
+                rel,
+                m,
+                lo,
+                hi,
+            )

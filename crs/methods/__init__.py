@@ -23,9 +23,11 @@ module                  substrate    paper
 ``gigpo``               turns        GiGPO (arXiv 2505.10978)
 ``a2tgpo``              turns        A²TGPO (arXiv 2605.06200)
 ``matchtir``            turns        MatchTIR (arXiv 2601.10712)
+``orch_credit``         events       Orchestration-trace credit (crs design on arXiv 2605.02801)
 ``r3l``                 turns/steps  R³L reflect-then-retry (arXiv 2601.03715)
 ``dpo``                 sequences    DPO (arXiv 2305.18290) on ``trainer=dpo``: the preference pairs
 ``t_reg``               tokens       T-REG token-reward regulariser (arXiv 2412.02685), ``trainer=dpo``
+``opd``                 tokens       on-policy distillation, teacher log-ratio credit (arXiv 2605.12483)
 ======================  ===========  ==================================================================
 
 Adding one = one module here + one yaml in ``conf/method/`` + one golden test (``docs/adding-a-method.md``);
@@ -53,7 +55,9 @@ from crs.methods import (
     forking_tokens,
     gigpo,
     matchtir,
+    opd,
     oprl,
+    orch_credit,
     pure,
     r3l,
     r3l_amplify,
@@ -77,9 +81,11 @@ _BUILTIN = (
     gigpo,
     a2tgpo,
     matchtir,
+    orch_credit,
     r3l,
     dpo,  # trainer=dpo (TRL DPOTrainer)
     t_reg,
+    opd,  # sparse-to-dense stage 2b (crs pipeline sparse_to_dense)
 )
 
 METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD for m in _BUILTIN}

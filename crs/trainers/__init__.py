@@ -48,6 +48,15 @@ TRAINERS: dict[str, TrainerKind] = {
         "Direct preference optimisation on (chosen, rejected) pairs (method=dpo, method=t_reg; crs/prefs).",
         needs_method="a preference method (method=dpo or method=t_reg): its arguments say where the pairs come from",
     ),
+    "gkd": TrainerKind(
+        "gkd",
+        "trl.experimental.gkd.GKDTrainer",
+        "crs.trainers.gkd",
+        "CreditGKDTrainer",
+        "Forward-KL distillation on teacher samples (lmbda=0, seq_kd, beta=0): sparse-to-dense stage 2a.",
+        needs_method="to run as stage 2a of `crs pipeline sparse_to_dense` (crs/pipeline), which gives it a "
+        "teacher; crs train does not run it",
+    ),
 }
 
 
