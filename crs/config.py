@@ -20,16 +20,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from crs.checks import check_field_ranges, check_names, trl_config_fields
 from crs.embedded import EmbeddedModelConfig
 from crs.errors import ConfigError, did_you_mean
+from crs.fields import help_field as _f
 from crs.rollout import GENERATIONS
 from crs.steps.settings import StepsConfig
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help text."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
-
 
 # ---------------------------------------------------------------------------------------------------
 # groups

@@ -10,13 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from crs.fields import help_field as _f
+
 STAGES = ("teacher_rl", "fkl", "on_policy", "student_rl")
-
-
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

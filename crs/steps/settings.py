@@ -6,13 +6,8 @@ Kept free of torch imports: :mod:`crs.config` imports it to build the Hydra sche
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+from crs.fields import help_field as _f
 
 
 @dataclass
