@@ -476,3 +476,14 @@ def test_fkl_stage_trains_on_teacher_samples_from_prompts_only(tiny_model_dir, t
     tr.train()
     assert any("loss" in h and math.isfinite(h["loss"]) for h in tr.state.log_history)
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+
+
+def test_a_pipeline_grid_takes_its_seeds_from_the_command_line():
+    """``crs pipeline sweep s2d seeds=[0]``: every arm once, at seed 0 (the grid's own seeds otherwise)."""
+    from crs.pipeline.sweep import jobs, load_grid
+
+    g = load_grid("s2d")
+    assert len(jobs(g, [])) == len(g["arms"]) * len(g["seeds"])
+    one = jobs(g, ["seeds=[0]", "tracking.uri=sqlite:///x.db"])
+    assert [(a, s) for a, s, _ in one] == [(a, 0) for a in g["arms"]]
+    assert all("seeds=[0]" not in ov and "tracking.uri=sqlite:///x.db" in ov for _, _, ov in one)
