@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.env_policy import tiny_env_policy
 
 from crs.benchmarks import build_benchmark
-from crs.envs import default_bench_cfg
 from crs.envs.calc import CalcEnv, final_answer
 from crs.envs.chat import CHAT_TEMPLATE, build_chat_tokenizer, render
 from crs.envs.maze import MazeConfig, MazeEnv, make_task
@@ -103,27 +101,7 @@ def test_chat_format_supports_trl_tool_calling():
 @pytest.fixture(scope="module")
 def calc_policy(tmp_path_factory):
     """A tiny calc_tool policy (40 SFT steps on clean gold traces, seconds on an idle CPU) that emits real tool calls."""
-    from crs.envs.policy import ensure_env_policy
-
-    cfg = default_bench_cfg("calc_tool")
-    cfg.update(n_train=64, n_eval=8, max_terms=3)
-    pol = dict(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        n_sft=320,
-        sft_steps=40,
-        error_rate=0.0,
-        eval_tasks=0,
-        vocab_size=160,
-        max_position_embeddings=128,
-        sft_batch_size=16,
-    )
-    cfg["policy"] = pol
-    cache = Path(os.environ.get("CRS_CACHE_DIR") or tmp_path_factory.mktemp("envcache"))
-    path = ensure_env_policy(pol, cfg, cache, show_progress=False)  # content-addressed: built once
-    return path, cfg
+    return tiny_env_policy("calc_tool", tmp_path_factory, 128, max_terms=3)
 
 
 def _trainer(path, cfg, credit, tmp_path, **overrides):

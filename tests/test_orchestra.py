@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.env_policy import tiny_env_policy
 
 from crs.benchmarks import build_benchmark
 from crs.envs import default_bench_cfg
@@ -434,26 +433,7 @@ def test_config_checks(compose_cfg):
 @pytest.fixture(scope="module")
 def orch_policy(tmp_path_factory):
     """A tiny orchestra policy (40 SFT steps on clean delegating/serial traces) that emits real tool calls."""
-    from crs.envs.policy import ensure_env_policy
-
-    cfg = default_bench_cfg("orchestra")
-    cfg.update(n_train=64, n_eval=8, max_tasks=3)
-    pol = dict(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        n_sft=320,
-        sft_steps=40,
-        error_rate=0.0,
-        eval_tasks=0,
-        vocab_size=160,
-        max_position_embeddings=160,
-        sft_batch_size=16,
-    )
-    cfg["policy"] = pol
-    cache = Path(os.environ.get("CRS_CACHE_DIR") or tmp_path_factory.mktemp("envcache"))
-    return ensure_env_policy(pol, cfg, cache, show_progress=False), cfg
+    return tiny_env_policy("orchestra", tmp_path_factory, 160, max_tasks=3)
 
 
 def _length_reward(completions, **kw):
