@@ -83,6 +83,12 @@ def versions() -> dict[str, str]:
     }
 
 
+def end_status(err: BaseException) -> tuple[str, str]:
+    """How a run that raised ``err`` is closed: ``KILLED`` on a signal or Ctrl-C (KeyboardInterrupt,
+    crs's ``JobKilled``), else ``FAILED``; with the error's one-line description."""
+    return ("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"), f"{type(err).__name__}: {err}"
+
+
 class TrackingError(RuntimeError):
     """The tracking store stopped answering (or refused a write) during a run."""
 

@@ -133,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from crs.runs.lock import RunLock
     from crs.runs.redact import redact_files, redact_text
     from crs.sweep import read_parent
-    from crs.tracking import build_tracker, flatten
+    from crs.tracking import build_tracker, end_status, flatten
 
     parent = read_parent(ctx.get("sweep_dir")) if ctx.get("multirun") else None
     tcfg = cfg.tracking
@@ -220,12 +220,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
             shutil.rmtree(home / "checkpoints", ignore_errors=True)
         return summary
-    except KeyboardInterrupt as err:
-        status, error = "KILLED", f"{type(err).__name__}: {err}"
-        raise
     except BaseException as err:
-        status, error = "FAILED", f"{type(err).__name__}: {err}"
-        _record_nonfinite(tracker, err)
+        status, error = end_status(err)
+        if status == "FAILED":
+            _record_nonfinite(tracker, err)
         raise
     finally:
         heartbeat.stop()

@@ -177,6 +177,8 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         p = self.p
         check(p)
+        from crs.tracking import end_status
+
         parent = self._start_parent()
         status, error = "FINISHED", None
         try:
@@ -186,11 +188,8 @@ class Pipeline:
             parent.set_tags({"final_stage": final["stage"], "final_run": final.get("run_id") or ""})
             self._report_to_sweep(final)
             return final
-        except KeyboardInterrupt as err:
-            status, error = "KILLED", f"{type(err).__name__}: {err}"
-            raise
         except BaseException as err:
-            status, error = "FAILED", f"{type(err).__name__}: {err}"
+            status, error = end_status(err)
             raise
         finally:
             parent.end(status, error)

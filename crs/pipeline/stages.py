@@ -105,7 +105,7 @@ def run_fkl_stage(
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
 
     from crs.progress import RichProgressCallback, fmt
-    from crs.tracking import flatten
+    from crs.tracking import end_status, flatten
     from crs.trainers.args import training_kwargs
     from crs.trainers.gkd import CreditGKDTrainer, gkd_config
 
@@ -175,11 +175,8 @@ def run_fkl_stage(
         )
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return tracker.run_id, model_dir
-    except KeyboardInterrupt as err:
-        status, error = "KILLED", f"{type(err).__name__}: {err}"
-        raise
     except BaseException as err:
-        status, error = "FAILED", f"{type(err).__name__}: {err}"
+        status, error = end_status(err)
         raise
     finally:
         tracker.end(status, error)
