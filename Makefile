@@ -78,8 +78,15 @@ compare: install ## table of the last sweep (mean ± std over seeds) + plots in 
 SWEEP ?= smoke
 RESULTS_DIR := outputs/results/$(SWEEP)-$(shell date +%Y%m%d-%H%M%S)
 results: install ## rerun a sweep afresh, export its table + provenance: make results SWEEP=first -> results/first.json
+ifneq ($(wildcard sweeps/pipelines/$(SWEEP).yaml),)
+	# a pipeline grid (sweeps/pipelines/): fresh stage folders, its export metrics and the stage plot
+	$(BIN)/crs pipeline sweep $(SWEEP) root=$(RESULTS_DIR) $(ARGS)
+	$(BIN)/crs compare --last --metric s2d/heldout_pass1:max s2d/heldout_passk:max s2d/kl_student_teacher:min --export results/$(SWEEP).json
+	$(BIN)/crs pipeline plot --last --out docs/img/$(SWEEP).png
+else
 	$(BIN)/crs sweep $(SWEEP) resume=never hydra.sweep.dir=$(RESULTS_DIR) $(ARGS)
 	$(BIN)/crs compare --sweep $(RESULTS_DIR) --export results/$(SWEEP).json
+endif
 
 ui: install ## MLflow UI on ./mlflow.db (http://127.0.0.1:5000)
 	$(BIN)/crs ui

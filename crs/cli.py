@@ -72,7 +72,16 @@ def _keys_at(path: list[str], overrides: list[str] = ()) -> list[str]:
     conf = Path(CONF_DIR)
     if not path:
         groups = [p.name for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "local")]
-        return groups + ["seed", "tags", "resume", "inject_failure_at_step", "paths", "runs", "diagnostics"]
+        return groups + [
+            "seed",
+            "data_seed",
+            "tags",
+            "resume",
+            "inject_failure_at_step",
+            "paths",
+            "runs",
+            "diagnostics",
+        ]
     try:
         node = compose(list(overrides))
         for part in path:

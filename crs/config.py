@@ -368,6 +368,12 @@ def validate_values(cfg: DictConfig) -> None:
         isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32,
         f"seed must be an integer in [0, 2^32) (got {seed!r})",
     )
+    data_seed = cfg.get("data_seed")
+    _check(
+        data_seed is None
+        or (isinstance(data_seed, int) and not isinstance(data_seed, bool) and data_seed >= 0),
+        f"data_seed must be null or an integer >= 0 (got {data_seed!r})",
+    )
     for key, choices in _CHOICES.items():
         val = OmegaConf.select(cfg, key)
         _check(val in choices, f"{key} must be one of {', '.join(choices)} (got {val!r})")

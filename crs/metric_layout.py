@@ -21,7 +21,8 @@ section             what goes there
                     multi-turn environment counts (``env/*``; ``env/success`` is in ``1 main``),
                     orchestration-trace costs and spawns (``orch/*``)
 ``5 optimizer``     loss, grad norm, learning rate, clip ratios, TRL's entropy of trained tokens
-``6 eval``          the other evaluation metrics (``eval_reward``, ``eval_completions/*`` …)
+``6 eval``          the other evaluation metrics (``eval_reward``, ``eval_completions/*`` …) and a
+                    pipeline's held-out scores and KL(π_S‖π_T) (``s2d/*``, crs/pipeline)
 ``7 diagnostics``   ``diag/*`` scalars (KL(rollout‖updated) …)
 ``8 per-bin``       ``diag/*_bin_<i>`` (trajectory-percentile bins; the heatmaps under ``plots/``
                     show them better)
@@ -78,6 +79,8 @@ RULES: list[tuple[str, str | None]] = [
     (r"rewards/(.+)", "4 rollouts/rewards.{1}"),
     (r"completions/(.+)", "4 rollouts/length.{1}"),
     (r"env/(.+)", "4 rollouts/env.{1}"),
+    (r"s2d/(teacher_logp)", "3 credit/s2d.{1}"),  # OPD's teacher log-prob of the student's tokens
+    (r"s2d/(.+)", "6 eval/s2d.{1}"),  # sparse-to-dense held-out scores and KL(π_S‖π_T) (crs/pipeline)
     (r"orch/(.+)", "4 rollouts/orch.{1}"),  # orchestration traces (crs/envs/orchestra.py): costs, spawns
     # 5 optimizer
     (r"(loss|grad_norm|learning_rate)", "5 optimizer/{0}"),

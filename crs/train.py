@@ -58,6 +58,12 @@ def _hydra_context() -> dict[str, Any]:
     return ctx
 
 
+def data_seed(cfg: DictConfig) -> int:
+    """Seed of the training prompts: ``data_seed`` if set, else the run's ``seed`` (conf/train.yaml)."""
+    ds = cfg.get("data_seed")
+    return int(cfg.seed if ds is None else ds)
+
+
 def _run_name(cfg: DictConfig, ctx: dict[str, Any], parent: dict[str, Any] | None) -> str:
     from crs.naming import run_name
 
@@ -287,7 +293,7 @@ def _train(
     main = procs.main
     threads = set_threads(cfg, ctx)
     set_seed(cfg.seed)
-    bench = build_benchmark(cfg.benchmark, cfg.seed)
+    bench = build_benchmark(cfg.benchmark, data_seed(cfg))
     credit = credit if credit is not None else validate(cfg)  # built once per run
     if cfg.trainer.kind == "dpo":  # the embedded model's contrastive warm start (crs/prefs/warmstart.py)
         from crs.trainers.dpo import dpo_model_path

@@ -61,12 +61,15 @@ def _leaves(d: dict, prefix: str = ""):
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda x: str(x))
-def test_every_option_composes_and_validates(group, option):
+def test_every_option_composes_and_validates(group, option, tmp_path):
     from crs.methods import METHODS
 
-    extra = []
+    extra, values = [], {}
     if group == "method":  # turn methods validate on an environment (single-turn is refused up front)
         credit = OmegaConf.load(CONF / "method" / f"{option}.yaml").get("credit") or {}
+        if "opd" in credit:  # on-policy distillation needs a teacher folder (checked for its config.json)
+            (tmp_path / "config.json").write_text("{}")
+            values = {"method.credit.opd.teacher": str(tmp_path)}
         if any(n in METHODS and "single_turn" not in METHODS[n].benchmarks for n in credit):
             extra = ["benchmark=maze"]
         if "f_grpo" in credit:  # per-phase credit needs a benchmark with slate and ranking parts
@@ -81,7 +84,7 @@ def test_every_option_composes_and_validates(group, option):
         kind = OmegaConf.load(CONF / "trainer" / f"{option}.yaml").get("kind", "grpo")
         if TRAINERS[kind].needs_method:
             extra = [f"method={next(n for n, m in sorted(METHODS.items()) if kind in m.trainers)}"]
-    cfg = compose([f"{group}={option}", *extra])
+    cfg = compose([f"{group}={option}", *extra, *(f"{k}={v}" for k, v in values.items())])
     chain = validate(cfg)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     assert isinstance(method, dict) and method["name"]
@@ -102,7 +105,8 @@ def test_every_option_composes_and_validates(group, option):
     raw = OmegaConf.to_container(cfg, resolve=False)
     leaves = list(_leaves(expected))
     assert leaves, f"{group}={option} sets nothing"
-    for key, value in leaves:
+    expected_values = {**dict(leaves), **values}  # a value given on the command line wins over the file's
+    for key, value in expected_values.items():
         got = raw
         for part in key.split("."):
             assert isinstance(got, dict) and part in got, f"{group}={option}: {key} missing from the config"

@@ -59,7 +59,12 @@ def test_export_says_how_it_was_made(path):
     assert len(prov["git_commit"]) == 40 and prov["config_hash"] and prov["date"]
     assert {"crs", "trl", "torch"} <= set(prov["versions"])
     cmd = shlex.split(prov["rebuild"])
-    assert cmd[:2] == ["crs", "sweep"] and (REPO / "sweeps" / f"{cmd[2]}.yaml").is_file(), prov["rebuild"]
+    if cmd[:3] == ["crs", "pipeline", "sweep"]:  # a pipeline grid (sweeps/pipelines/), e.g. results/s2d.json
+        cmd = cmd[1:]
+        assert (REPO / "sweeps" / "pipelines" / f"{cmd[2]}.yaml").is_file(), prov["rebuild"]
+    else:
+        assert cmd[:2] == ["crs", "sweep"] and (REPO / "sweeps" / f"{cmd[2]}.yaml").is_file(), prov["rebuild"]
+    assert all(not a.startswith("root=") for a in cmd)
     assert all(not a.startswith("tracking.uri=") for a in cmd)  # the store is not part of the result
     cells = data["table"]["cells"]
     assert cells and all(c["n_finished"] >= 2 for c in cells)  # intervals need two seeds

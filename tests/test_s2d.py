@@ -291,7 +291,7 @@ def test_teacher_is_bigger_with_the_students_tokenizer_and_the_default_key_is_un
         (["nope"], "no pipeline 'nope'"),
         (["sparse_to_dense", "skip=[bogus]"], "unknown stage"),
         (["sparse_to_dense", "fkl.estimator=xx"], "fkl.estimator"),
-        (["sparse_to_dense", "opd.estimator=full_rkl"], "only sampled_pg"),
+        (["sparse_to_dense", "opd.estimator=nope"], "opd.estimator must be one of sampled_pg, full_rkl"),
         (["sparse_to_dense", "skip=[teacher_rl,fkl,on_policy]"], "every stage is skipped"),
         (["sparse_to_dense", "common=['trainer.lrr=1']"], "trainer.lrr"),
     ],
@@ -487,3 +487,107 @@ def test_a_pipeline_grid_takes_its_seeds_from_the_command_line():
     one = jobs(g, ["seeds=[0]", "tracking.uri=sqlite:///x.db"])
     assert [(a, s) for a, s, _ in one] == [(a, 0) for a in g["arms"]]
     assert all("seeds=[0]" not in ov and "tracking.uri=sqlite:///x.db" in ov for _, _, ov in one)
+
+
+# ------------------------------------------------------------- C2 metric, stage 3 labels, rebuild, plot
+def test_reverse_kl_is_s1_on_the_masked_tokens_only():
+    from crs.credit.primitives import reverse_kl
+
+    s = P_S.log().view(1, 1, 3).repeat(1, 2, 1)
+    t = P_T.log().view(1, 1, 3).repeat(1, 2, 1)
+    t[0, 1] = torch.tensor([5.0, -5.0, 0.0])  # a far teacher at a position outside the mask
+    mask = torch.tensor([[1, 0]])
+    assert float(reverse_kl(s, t, mask)) == pytest.approx(0.092033, abs=1e-6)  # KL(π_S‖π_T), S1
+    assert float(reverse_kl(t, s, mask)) == pytest.approx(0.085123, abs=1e-6)  # the other direction: FKL
+    assert float(reverse_kl(s + 3.0, t - 1.0, mask)) == pytest.approx(0.092033, abs=1e-6)  # logits, not logps
+    both = float(reverse_kl(s, t, torch.ones(1, 2)))
+    assert both > 0.5 and both == pytest.approx(
+        float(reverse_kl(s[:, 1:], t[:, 1:], mask)) / 2 + 0.092033 / 2
+    )
+
+
+def test_kl_student_teacher_is_zero_for_one_model_and_positive_for_two(tiny_model_dir, teacher_dir):
+    from crs.pipeline import compose_pipeline
+    from crs.pipeline.runner import compose_stage
+    from crs.pipeline.stages import kl_student_teacher
+
+    cfg = compose_stage(compose_pipeline("sparse_to_dense", ["size=debug"]), "fkl")
+    few = SimpleNamespace(prompts=4, max_new_tokens=8)
+    assert kl_student_teacher(tiny_model_dir, tiny_model_dir, cfg, few, 0) == pytest.approx(0.0, abs=1e-6)
+    assert kl_student_teacher(tiny_model_dir, teacher_dir, cfg, few, 0) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "overrides, student_stage, data_seed",
+    [
+        (["student_rl=true"], "on_policy", 7919),  # stage 3 after the bridge: new labels L′
+        (["student_rl=true", "student_rl_labels=replay"], "on_policy", None),  # the replay control: L again
+        (["skip=[teacher_rl,fkl,on_policy]", "student_rl=true"], "raw", None),  # direct GRPO: L
+    ],
+)
+def test_stage_3_trains_on_new_labels_only_after_a_bridge(overrides, student_stage, data_seed):
+    from crs.pipeline import compose_pipeline
+    from crs.pipeline.runner import Pipeline
+
+    p = compose_pipeline("sparse_to_dense", overrides)
+    ov = Pipeline(p).train_overrides("student_rl", {"model": "/s", "stage": student_stage}, {"model": "/t"})
+    assert [o for o in ov if o.startswith("data_seed=")] == (
+        [] if data_seed is None else [f"data_seed={data_seed}"]
+    )
+    assert f"benchmark.n_train={p.labeled}" in ov and "model.name_or_path=/s" in ov
+
+
+def test_data_seed_draws_other_train_prompts_and_the_same_eval_split():
+    from crs.benchmarks import build_benchmark
+    from crs.pipeline import compose_pipeline
+    from crs.pipeline.runner import compose_stage
+    from crs.train import data_seed
+
+    p = compose_pipeline("sparse_to_dense", [])
+    L, L2 = (compose_stage(p, "student_rl", extra) for extra in ([], ["data_seed=7919"]))
+    assert (data_seed(L), data_seed(L2)) == (0, 7919)
+    a, b = (build_benchmark(c.benchmark, data_seed(c)) for c in (L, L2))
+    assert a.eval["prompt"] == b.eval["prompt"]
+    assert len(set(a.train["prompt"]) & set(b.train["prompt"])) < len(a.train) // 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sparse_to_dense", "student_rl_labels=new"], "student_rl_labels must be fresh or replay"),
+        (["sparse_to_dense", "common=['data_seed=-1']"], "data_seed must be null or an integer"),
+    ],
+)
+def test_bad_stage_3_input_is_one_line_exit_2(args, message, capsys):
+    from crs.pipeline import main
+
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_pipeline_sweep_export_rebuilds_with_crs_pipeline_sweep():
+    from crs.compare.export import rebuild_command
+
+    rec = {"pipeline_grid": "s2d", "overrides": ["seeds=[0,1]", "root=/tmp/x", "tracking.uri=sqlite:///m.db"]}
+    assert rebuild_command(rec) == "crs pipeline sweep s2d 'seeds=[0,1]'"
+
+
+def test_the_stage_plot_draws_every_arm_from_the_raw_student():
+    from crs.compare.statistics import describe
+    from crs.pipeline.plot import figure
+
+    stats = {
+        ("a", "raw"): describe([0.3, 0.32]),
+        ("a", "fkl"): describe([0.35, 0.37]),
+        ("b", "raw"): describe([0.3, 0.32]),
+        ("b", "student_rl"): describe([0.31, 0.33]),
+        ("a", "teacher_rl"): describe([0.5, 0.6]),
+    }
+    ax = figure(stats, "s2d/heldout_pass1", "t").axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"a", "b", "teacher after stage 1"} <= set(labels)
+    (bar_b,) = [c for c in ax.containers if c.get_label() == "b"]
+    xs = list(bar_b.lines[0].get_xdata())
+    assert xs[0] == 0 and xs[-1] == pytest.approx(3, abs=0.2) and len(xs) == 2  # raw student → 3 GRPO

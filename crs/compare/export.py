@@ -48,7 +48,7 @@ VOLATILE_PARAMS = (
 # wall-clock columns: a rerun never reproduces them, so numbers() leaves them out
 TIMING = ("train_time_s", "wall_time_s", "step_time")
 # overrides that choose the store, not the result: left out of the rebuild command
-STORE_OVERRIDES = ("tracking.uri=",)
+STORE_OVERRIDES = ("tracking.uri=", "root=")  # root=: where a pipeline's stage folders live
 
 
 def _git(*args: str) -> str | None:
@@ -92,6 +92,8 @@ def _sweep_record(sel: Selection) -> dict[str, Any]:
             info = None
         if info:
             rec = {k: info.get(k) for k in ("config_name", "overrides", "grid", "launcher")}
+    if not rec and tags.get("pipeline_grid"):  # crs pipeline sweep (sweeps/pipelines/<grid>.yaml)
+        rec = {"pipeline_grid": tags["pipeline_grid"], "overrides": shlex.split(tags.get("overrides", ""))}
     if not rec:
         try:
             params = json.loads(tags.get("sweep_params") or "{}")
@@ -107,10 +109,13 @@ def _sweep_record(sel: Selection) -> dict[str, Any]:
 
 
 def rebuild_command(rec: dict[str, Any]) -> str | None:
-    """The command that reruns the sweep (``crs sweep <grid> ...``), without the store it wrote to."""
+    """The command that reruns the sweep (``crs sweep <grid> ...``, ``crs pipeline sweep <grid> ...``),
+    without the store it wrote to."""
     if not rec:
         return None
     overrides = [o for o in rec.get("overrides") or [] if not o.startswith(STORE_OVERRIDES)]
+    if rec.get("pipeline_grid"):
+        return shlex.join(["crs", "pipeline", "sweep", rec["pipeline_grid"], *overrides])
     name = rec.get("config_name")
     if name and name != "train":
         return shlex.join(["crs", "sweep", name, *overrides])

@@ -192,3 +192,21 @@ def fold_token_weights(
 def scale_rows(adv: Tensor, scale: Tensor) -> Tensor:
     """Multiply ``[B]`` or ``[B,T]`` advantages by a per-row ``[B]`` scale."""
     return adv * (scale if adv.dim() == 1 else scale.unsqueeze(1))
+
+
+def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> Tensor:
+    """Token mean of the full-vocabulary ``KL(π_S ‖ π_T) = Σ_v p_S (log p_S − log p_T)`` (a scalar).
+
+    Args:
+        student_logits: ``[B,T,V]`` student logits at the positions of (student-sampled) tokens.
+        teacher_logits: ``[B,T,V]`` teacher logits at the same positions (same vocabulary).
+        mask: ``[B,T]`` 1 on the completion tokens that count.
+
+    The sparse-to-dense condition C2 (the teacher within a small KL of the student) measured on student
+    samples; OPD's expected per-token reward is its negative (S3).
+    """
+    ls = torch.log_softmax(student_logits.float(), dim=-1)
+    lt = torch.log_softmax(teacher_logits.float(), dim=-1)
+    per_token = (ls.exp() * (ls - lt)).sum(-1)
+    m = mask.float()
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)

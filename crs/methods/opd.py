@@ -158,8 +158,12 @@ def check(cfg, a) -> None:
 
     if a.get("reward") not in ("k1", "k3"):
         raise ConfigError(f"method.credit.opd.reward must be k1 or k3 (got {a.get('reward')!r})")
-    # an empty teacher passes here (every option must compose on its own); the rollouts hook then refuses it
-    if a.get("teacher") and not (Path(str(a["teacher"])) / "config.json").is_file():
+    if not a.get("teacher"):  # before any model loads (the rollouts hook refuses it too, for direct callers)
+        raise ConfigError(
+            "method.credit.opd.teacher: the teacher model folder is required "
+            "(crs train method=opd method.credit.opd.teacher=/path/to/teacher; crs pipeline sets it)"
+        )
+    if not (Path(str(a["teacher"])) / "config.json").is_file():
         raise ConfigError(f"method.credit.opd.teacher: no model at {a['teacher']} (no config.json)")
     if float(cfg.trainer.beta) != 0.0:
         raise ConfigError("method opd: trainer.beta must be 0 (the teacher, not a reference, is the anchor)")

@@ -12,6 +12,7 @@ stage that FINISHED is skipped on rerun (crs/pipeline/runner.py)::
     crs pipeline sparse_to_dense seed=1 skip=[fkl]   # an ablation arm (skip=[on_policy], skip=[teacher_rl])
     crs pipeline sweep s2d                               # sweeps/pipelines/s2d.yaml: arms × seeds
     crs compare --sweep <id> --metric s2d/heldout_pass1:max s2d/heldout_passk:max
+    crs pipeline plot --last --out docs/img/s2d.png      # held-out pass@1 through the stages, per arm
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from crs.errors import ConfigError
 
 USAGE = (
     "crs pipeline <name> [key=value ...]   a pipeline of crs/pipeline/conf/ (e.g. sparse_to_dense size=debug)\n"
-    "crs pipeline sweep <grid> [key=value ...]   arms × seeds of sweeps/pipelines/<grid>.yaml"
+    "crs pipeline sweep <grid> [key=value ...]   arms × seeds of sweeps/pipelines/<grid>.yaml\n"
+    "crs pipeline plot [--last | --sweep ID] [--out PNG]   the student through the stages, per arm"
 )
 
 
@@ -90,10 +92,15 @@ def main(argv: list[str]) -> None:
         print(USAGE)
         return
     try:
-        if argv[0] == "sweep":
+        if argv[0] == "plot":
+            from crs.pipeline.plot import main as plot_main
+
+            plot_main(argv[1:])
+        elif argv[0] == "sweep":
             if len(argv) < 2:
                 raise ConfigError("crs pipeline sweep needs a grid: crs pipeline sweep <grid> [overrides]")
-            sweep(argv[1], argv[2:])
+            if sweep(argv[1], argv[2:])["failed"]:  # every arm ran; a failed one makes the sweep fail
+                sys.exit(1)
         else:
             run(argv[0], argv[1:])
     except ConfigError as err:

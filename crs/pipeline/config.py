@@ -13,6 +13,7 @@ from typing import Any
 from crs.fields import help_field as _f
 
 STAGES = ("teacher_rl", "fkl", "on_policy", "student_rl")
+OPD_ESTIMATORS = ("sampled_pg", "full_rkl")
 
 
 @dataclass
@@ -33,8 +34,14 @@ class OPDSettings:
     estimator: str = _f(
         "sampled_pg",
         "Stage 2b estimator: sampled_pg = crs GRPO with per-token a_t = log π_T − log π_S as the advantage "
-        "and TRL's PPO clip as the trust region (default: the paper's 'local trust-region update'); "
-        "full_rkl (TRL DistillationTrainer beta=1) is not wired yet.",
+        "and TRL's PPO clip as the trust region (default: the paper's 'local trust-region update'; a "
+        "one-sampled-token estimate of the reverse-KL gradient per position, kept small by the clip); "
+        "full_rkl = TRL DistillationTrainer with beta=1 (crs/trainers/distill.py): the exact full-vocabulary "
+        "reverse KL(π_S‖π_T) gradient on the student's own samples, no clip and no advantage, one no-grad "
+        "teacher forward per step. full_rkl reads its steps, lr, completions per step (one per prompt), "
+        "temperature and length from the on_policy stage's trainer.* (no settings of its own), so the two "
+        "estimators run the same budget and the size presets apply to both; its prompts are stage 2a's "
+        "(generated, prompt column only).",
     )
     reward: str = _f("k1", "Per-token reward estimator (method.credit.opd.reward): k1 (unbiased) or k3.")
 
@@ -67,6 +74,13 @@ class PipelineConfig:
         False,
         "Also run the optional stage 3, GRPO of the (bridged) student on the labeled set (off by default, as "
         "in the paper's main comparison); with every other stage skipped it is the direct-GRPO baseline.",
+    )
+    student_rl_labels: str = _f(
+        "fresh",
+        "Labels of stage 3 after the bridge: fresh = a held-out labeled set L′ of the same size (the paper's "
+        "stage 3: new labels, data_seed = seed + 7919); replay = the stage-1 set L again (the matched replay "
+        "control, arXiv 2605.12483 §3.4: same steps, no new labels; which control the authors ran is not "
+        "published, this one isolates the value of new labels). The direct-GRPO baseline always uses L.",
     )
     arm: str | None = _f(None, "Label of this pipeline in a comparison (tag sweep.arm); null = from skip.")
     labeled: int = _f(

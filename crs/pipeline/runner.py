@@ -25,6 +25,8 @@ from crs.pipeline.config import STAGES
 RECORD = "crs_stage.json"
 TEACHER, FKL, OPD, STUDENT_RL = STAGES
 STUDENT_STAGES = (FKL, OPD, STUDENT_RL)
+# stage 3's held-out labeled set L′ is the benchmark's train split under data_seed = seed + this offset
+HELDOUT_LABELS_OFFSET = 7_919
 
 
 def _key(payload: Any) -> str:
@@ -77,11 +79,14 @@ def check(p: DictConfig) -> None:
         raise ConfigError("skip: every stage is skipped (student_rl=true runs the direct-GRPO baseline)")
     if p.fkl.estimator not in ESTIMATORS:
         raise ConfigError(f"fkl.estimator must be one of {', '.join(ESTIMATORS)} (got {p.fkl.estimator!r})")
-    if p.opd.estimator != "sampled_pg":
+    from crs.pipeline.config import OPD_ESTIMATORS
+
+    if p.opd.estimator not in OPD_ESTIMATORS:
         raise ConfigError(
-            f"opd.estimator={p.opd.estimator!r}: only sampled_pg is wired (full_rkl = TRL DistillationTrainer "
-            "beta=1 is planned, docs/s2d.md)"
+            f"opd.estimator must be one of {', '.join(OPD_ESTIMATORS)} (got {p.opd.estimator!r})"
         )
+    if p.student_rl_labels not in ("fresh", "replay"):
+        raise ConfigError(f"student_rl_labels must be fresh or replay (got {p.student_rl_labels!r})")
     for name, v in (("labeled", p.labeled), ("unlabeled", p.unlabeled), ("fkl.max_steps", p.fkl.max_steps)):
         if int(v) < 1:
             raise ConfigError(f"{name} must be >= 1 (got {v})")
@@ -139,9 +144,8 @@ class Pipeline:
         skipped = [s for s in STAGES if s in self.p.skip and s != STUDENT_RL]
         if set(skipped) == {TEACHER, FKL, OPD}:
             return "student_grpo"
-        return ("pipeline" if not skipped else "no_" + "_".join(skipped)) + (
-            "+rl" if self.p.student_rl else ""
-        )
+        rl = "" if not self.p.student_rl else "+rl" if self.p.student_rl_labels == "fresh" else "+rl_replay"
+        return ("pipeline" if not skipped else "no_" + "_".join(skipped)) + rl
 
     def _start_parent(self):
         from crs.tracking import git_sha
@@ -209,6 +213,12 @@ class Pipeline:
         if any(s in todo for s in (TEACHER, FKL, OPD)):
             path = _raw_model(teacher_cfg)
             teacher = {"model": path, "key": "raw:" + path, "stage": "raw"}
+        from crs.pipeline.plot import raw_name
+
+        for role, raw, cfg in (("student", student, student_cfg), ("teacher", teacher, teacher_cfg)):
+            if raw is not None:  # where the stages start from: s2d/raw_<role>/heldout_* on the parent
+                scores = self._raw_scores(raw["model"], cfg)
+                parent.log_metrics({raw_name(k, role): v for k, v in scores.items()}, step=0)
         final = None
         for stage in todo:
             inputs = {"student": student and student["key"], "teacher": teacher and teacher["key"]}
@@ -221,13 +231,53 @@ class Pipeline:
             final = rec
         return final
 
+    def _raw_scores(self, model: str, cfg) -> dict[str, float]:
+        """Held-out scores of a model a pipeline starts from, cached in ``<root>/raw-<key>.json``."""
+        from crs.pipeline.stages import heldout_eval
+
+        p = self.p
+        bench = OmegaConf.to_container(cfg.benchmark, resolve=True)
+        payload = {"model": model, "eval": OmegaConf.to_container(p.eval), "seed": p.seed, "benchmark": bench}
+        path = self.root / f"raw-{_key({**payload, 'temperature': cfg.trainer.temperature})}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        scores = heldout_eval(model, cfg, p.eval, int(p.seed))
+        self.root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(scores, indent=2))
+        return scores
+
     def _settings(self, stage: str) -> dict[str, Any]:
         p = self.p
         if stage == FKL:
             return {**OmegaConf.to_container(p.fkl), "unlabeled": p.unlabeled}
         if stage == OPD:
             return {**OmegaConf.to_container(p.opd), "unlabeled": p.unlabeled}
+        if stage == STUDENT_RL:
+            return {"labeled": p.labeled, "labels": p.student_rl_labels}
         return {"labeled": p.labeled}
+
+    def train_overrides(self, stage: str, student: dict | None, teacher: dict | None) -> list[str]:
+        """What the runner adds to a ``crs train`` stage: the model it trains (by path), its prompts (L for
+        the RL stages, ``unlabeled`` generated ones for OPD) and OPD's teacher. Stage 3 after a bridge trains
+        on a held-out labeled set L′ (``student_rl_labels=fresh``: another ``data_seed``); the direct-GRPO
+        baseline (a raw student) and the replay control train on the stage-1 set L."""
+        p = self.p
+        src = teacher if stage == TEACHER else student
+        out = [
+            f"model.name_or_path={src['model']}",
+            f"model.name={'s2d_teacher' if stage == TEACHER else 's2d_student'}",
+        ]
+        if stage == OPD:
+            return out + [
+                f"benchmark.n_train={p.unlabeled}",
+                f"method.credit.opd.teacher={teacher['model']}",
+                f"method.credit.opd.reward={p.opd.reward}",
+                "trainer.beta=0.0",
+            ]
+        out.append(f"benchmark.n_train={p.labeled}")
+        if stage == STUDENT_RL and student["stage"] != "raw" and p.student_rl_labels == "fresh":
+            out.append(f"data_seed={int(p.seed) + HELDOUT_LABELS_OFFSET}")
+        return out
 
     def stage_dir(self, stage: str, inputs: dict) -> tuple[str, Path]:
         """``(content key, folder)`` of a stage given the keys of the models it reads."""
@@ -279,28 +329,38 @@ class Pipeline:
                 f"fkl·s{p.seed}",
                 {**tags, "method": "fkl", "model": "s2d_student", "seed": p.seed},
             )
-        else:
-            src = teacher if stage == TEACHER else student
-            extra += [
-                f"model.name_or_path={src['model']}",
-                f"model.name={'s2d_teacher' if stage == TEACHER else 's2d_student'}",
-            ]
-            if stage == OPD:
-                extra += [
-                    f"benchmark.n_train={p.unlabeled}",
-                    f"method.credit.opd.teacher={teacher['model']}",
-                    f"method.credit.opd.reward={p.opd.reward}",
-                    "trainer.beta=0.0",
-                ]
-            else:
-                extra += [f"benchmark.n_train={p.labeled}"]
+        elif stage == OPD and p.opd.estimator == "full_rkl":
             cfg = compose_stage(p, stage, extra)
+            from crs.pipeline.stages import run_rkl_stage
+
+            run_id, model = run_rkl_stage(
+                cfg,
+                p.opd,
+                student["model"],
+                teacher["model"],
+                stage_dir,
+                int(p.unlabeled),
+                self._tracker(),
+                parent.run_id,
+                f"rkl·s{p.seed}",
+                {**tags, "method": "full_rkl", "model": "s2d_student", "seed": p.seed},
+            )
+        else:
+            cfg = compose_stage(p, stage, extra + self.train_overrides(stage, student, teacher))
             from crs.pipeline.stages import run_train_stage
 
             run_id, model = run_train_stage(cfg)
         from crs.pipeline.stages import heldout_eval
 
         heldout = heldout_eval(str(model), cfg, p.eval, int(p.seed))
+        if stage in STUDENT_STAGES and teacher is not None:  # condition C2 before and after the stage
+            from crs.pipeline.stages import kl_student_teacher
+
+            for name, path in (
+                ("s2d/kl_student_teacher_in", student["model"]),
+                ("s2d/kl_student_teacher", model),
+            ):
+                heldout[name] = kl_student_teacher(str(path), teacher["model"], cfg, p.eval, int(p.seed))
         if run_id:
             t = self._tracker()
             t.connect()

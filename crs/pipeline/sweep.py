@@ -82,6 +82,7 @@ def run_sweep(grid: str, overrides: list[str]) -> dict[str, Any]:
             "git_sha": git_sha(),
             "overrides": " ".join(overrides),
             "pipeline": g["pipeline"],
+            "pipeline_grid": grid,  # the export's rebuild command: crs pipeline sweep <grid> <overrides>
         },
     )
     print(f"crs pipeline sweep {grid}: sweep {sweep_id}, {len(configs)} pipelines", flush=True)
