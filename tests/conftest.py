@@ -29,6 +29,14 @@ def tiny_model_dir(tmp_path_factory):
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
 
 
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+    """A teacher for tiny_model_dir: the same tokenizer (same seed), other weights (no SFT)."""
+    from crs.testing import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-teacher"), seed=0, sft_steps=0))
+
+
 @pytest.fixture
 def compose_cfg(tmp_path):
     """Compose conf/train.yaml like `crs train` would, writing into tmp_path (job folder + MLflow store)."""

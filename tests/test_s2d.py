@@ -148,14 +148,6 @@ def test_s6_opd_advantage_ignores_reward():
 
 
 # ------------------------------------------------------------------------------------ GKD wiring
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    """Same tokenizer as tiny_model_dir (same seed), other weights (no SFT)."""
-    from crs.testing import build_tiny_model
-
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-teacher"), seed=0, sft_steps=0))
-
-
 def test_gkd_trainer_loss_is_forward_kl_on_teacher_tokens(tiny_model_dir, teacher_dir, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer

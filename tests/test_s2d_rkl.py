@@ -21,14 +21,6 @@ from trl.experimental.gkd import GKDTrainer
 PROMPTS = ["Q: 3+4\nA:", "Q: 12-5\nA:", "Q: 2+9-1\nA:"]
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    """Same tokenizer as tiny_model_dir (same seed), other weights (no SFT), as in tests/test_s2d.py."""
-    from crs.testing import build_tiny_model
-
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-teacher"), seed=0, sft_steps=0))
-
-
 def _models(student_dir, teacher_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

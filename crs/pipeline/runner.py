@@ -313,37 +313,26 @@ class Pipeline:
             "pipeline": p.name,
             "mlflow.parentRunId": parent.run_id or "",
         }
-        if stage == FKL:
-            cfg = compose_stage(p, stage, extra)
-            from crs.pipeline.stages import run_fkl_stage
+        distill = {FKL: ("fkl", "fkl", p.fkl)}  # the TRL distillation stages: (run name, method, settings)
+        if p.opd.estimator == "full_rkl":
+            distill[OPD] = ("rkl", "full_rkl", p.opd)
+        if stage in distill:
+            from crs.pipeline import stages as runners
 
-            run_id, model = run_fkl_stage(
+            short, method, settings = distill[stage]
+            cfg = compose_stage(p, stage, extra)
+            run = runners.run_fkl_stage if stage == FKL else runners.run_rkl_stage
+            run_id, model = run(
                 cfg,
-                p.fkl,
+                settings,
                 student["model"],
                 teacher["model"],
                 stage_dir,
                 int(p.unlabeled),
                 self._tracker(),
                 parent.run_id,
-                f"fkl·s{p.seed}",
-                {**tags, "method": "fkl", "model": "s2d_student", "seed": p.seed},
-            )
-        elif stage == OPD and p.opd.estimator == "full_rkl":
-            cfg = compose_stage(p, stage, extra)
-            from crs.pipeline.stages import run_rkl_stage
-
-            run_id, model = run_rkl_stage(
-                cfg,
-                p.opd,
-                student["model"],
-                teacher["model"],
-                stage_dir,
-                int(p.unlabeled),
-                self._tracker(),
-                parent.run_id,
-                f"rkl·s{p.seed}",
-                {**tags, "method": "full_rkl", "model": "s2d_student", "seed": p.seed},
+                f"{short}·s{p.seed}",
+                {**tags, "method": method, "model": "s2d_student", "seed": p.seed},
             )
         else:
             cfg = compose_stage(p, stage, extra + self.train_overrides(stage, student, teacher))
