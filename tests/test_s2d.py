@@ -583,3 +583,14 @@ def test_the_stage_plot_draws_every_arm_from_the_raw_student():
     (bar_b,) = [c for c in ax.containers if c.get_label() == "b"]
     xs = list(bar_b.lines[0].get_xdata())
     assert xs[0] == 0 and xs[-1] == pytest.approx(3, abs=0.2) and len(xs) == 2  # raw student → 3 GRPO
+
+
+def test_a_pipeline_sweep_with_a_failed_arm_exits_1(monkeypatch):
+    import crs.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "sweep", lambda grid, ov: {"sweep_id": "x", "run_id": "r", "failed": 1})
+    with pytest.raises(SystemExit) as err:
+        pipeline.main(["sweep", "s2d"])
+    assert err.value.code == 1
+    monkeypatch.setattr(pipeline, "sweep", lambda grid, ov: {"sweep_id": "x", "run_id": "r", "failed": 0})
+    pipeline.main(["sweep", "s2d"])  # every arm FINISHED: no exit
