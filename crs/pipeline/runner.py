@@ -345,11 +345,13 @@ class Pipeline:
         if stage in STUDENT_STAGES and teacher is not None:  # condition C2 before and after the stage
             from crs.pipeline.stages import kl_student_teacher
 
-            for name, path in (
-                ("s2d/kl_student_teacher_in", student["model"]),
-                ("s2d/kl_student_teacher", model),
-            ):
-                heldout[name] = kl_student_teacher(str(path), teacher["model"], cfg, p.eval, int(p.seed))
+            def kl(path) -> float:
+                return kl_student_teacher(str(path), teacher["model"], cfg, p.eval, int(p.seed))
+
+            # the input's KL is the previous student stage's output KL (same teacher, prompts and seed)
+            before = (student.get("heldout") or {}).get("s2d/kl_student_teacher")
+            heldout["s2d/kl_student_teacher_in"] = before if before is not None else kl(student["model"])
+            heldout["s2d/kl_student_teacher"] = kl(model)
         if run_id:
             t = self._tracker()
             t.connect()

@@ -75,7 +75,7 @@ def kl_student_teacher(
 
     The paper's condition C2 (OPD is informative only when the teacher is within a small KL of the student),
     measured where OPD works: on the student's own samples (temperature ``trainer.temperature``, both
-    models' logits at that temperature, the full vocabulary: :func:`crs.methods.opd.reverse_kl`). Logged
+    models' logits at that temperature, the full vocabulary: :func:`crs.credit.primitives.reverse_kl`). Logged
     for a student stage's input (``_in``) and output model, so stage 2a shows the drop it buys.
     """
     import torch
