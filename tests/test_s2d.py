@@ -481,6 +481,26 @@ def test_a_pipeline_grid_takes_its_seeds_from_the_command_line():
     assert all("seeds=[0]" not in ov and "tracking.uri=sqlite:///x.db" in ov for _, _, ov in one)
 
 
+def test_a_pipeline_grid_runs_the_arms_the_command_line_picks(capsys):
+    """``arms=[..]`` picks arms in the grid's order with their own overrides; a typo is one line naming the
+    grid's arms; ``crs pipeline sweep --help`` prints the usage (it used to look for a grid '--help')."""
+    import pytest
+
+    from crs import pipeline
+    from crs.pipeline.sweep import jobs, load_grid
+
+    g = load_grid("s2d")
+    two = jobs(g, ["arms=[full_rkl,pipeline]", "seeds=[1]"])
+    assert [(a, s) for a, s, _ in two] == [("pipeline", 1), ("full_rkl", 1)]
+    assert "opd.estimator=full_rkl" in two[1][2] and "opd.estimator=full_rkl" not in two[0][2]
+    assert all(not o.startswith(("arms=", "seeds=")) for _, _, ov in two for o in ov)
+    assert [a for a, _, _ in jobs(g, ["arms=no_fkl"])] == ["no_fkl"] * len(g["seeds"])
+    with pytest.raises(ConfigError, match=r"no arm 'no_fk' \(did you mean no_fkl\b"):
+        jobs(g, ["arms=[no_fk]"])
+    pipeline.main(["sweep", "--help"])
+    assert "arms=[..]" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------- C2 metric, stage 3 labels, rebuild, plot
 def test_reverse_kl_is_s1_on_the_masked_tokens_only():
     from crs.credit.primitives import reverse_kl

@@ -25,7 +25,7 @@ from crs.errors import ConfigError
 
 USAGE = (
     "crs pipeline <name> [key=value ...]   a pipeline of crs/pipeline/conf/ (e.g. sparse_to_dense size=debug)\n"
-    "crs pipeline sweep <grid> [key=value ...]   arms × seeds of sweeps/pipelines/<grid>.yaml\n"
+    "crs pipeline sweep <grid> [seeds=[..]] [arms=[..]] [key=value ...]   arms × seeds of sweeps/pipelines/<grid>.yaml\n"
     "crs pipeline plot [--last | --sweep ID] [--out PNG]   the student through the stages, per arm"
 )
 
@@ -97,7 +97,10 @@ def main(argv: list[str]) -> None:
 
             plot_main(argv[1:])
         elif argv[0] == "sweep":
-            if len(argv) < 2:
+            if len(argv) < 2 or argv[1] in ("-h", "--help"):
+                if len(argv) > 1:
+                    print(USAGE)
+                    return
                 raise ConfigError("crs pipeline sweep needs a grid: crs pipeline sweep <grid> [overrides]")
             if sweep(argv[1], argv[2:])["failed"]:  # every arm ran; a failed one makes the sweep fail
                 sys.exit(1)

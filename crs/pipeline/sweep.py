@@ -34,21 +34,40 @@ def load_grid(grid: str) -> dict[str, Any]:
 
 
 def jobs(g: dict[str, Any], overrides: list[str]) -> list[tuple[str, int, list[str]]]:
-    """``(arm, seed, pipeline overrides)`` of every job, arms in the grid's order, seeds inner."""
-    seeds = g["seeds"]
-    for ov in [o for o in overrides if o.startswith("seeds=")]:  # the grid's seeds from the command line
-        from omegaconf import OmegaConf
+    """``(arm, seed, pipeline overrides)`` of every job, arms in the grid's order, seeds inner.
 
-        seeds = list(OmegaConf.from_dotlist([ov]).seeds)
-        overrides = [o for o in overrides if o != ov]
+    ``seeds=[..]`` and ``arms=[..]`` on the command line replace the grid's seeds and pick a subset of its
+    arms (``crs pipeline sweep s2d arms=[full_rkl] size=debug``: one new arm, smoke-sized); an unknown arm
+    is one ConfigError line naming the grid's arms."""
+    seeds, arms = g["seeds"], list(g["arms"])
+    rest = []
+    for ov in overrides:
+        key = ov.split("=", 1)[0]
+        if key not in ("seeds", "arms"):
+            rest.append(ov)
+            continue
+        value = OmegaConf.from_dotlist([ov])[key]
+        picked = list(value) if OmegaConf.is_list(value) else [value]
+        if key == "seeds":
+            seeds = picked
+            continue
+        unknown = [a for a in map(str, picked) if a not in g["arms"]]
+        if unknown:
+            from crs.errors import did_you_mean
+
+            raise ConfigError(
+                f"crs pipeline sweep: no arm {unknown[0]!r}{did_you_mean(unknown[0], arms)}; "
+                f"the grid's arms: {', '.join(g['arms'])}"
+            )
+        arms = [a for a in g["arms"] if a in set(map(str, picked))]  # the grid's order, not the command's
     out = []
-    for arm, arm_ov in g["arms"].items():
+    for arm in arms:
         for seed in seeds:
             out.append(
                 (
                     arm,
                     int(seed),
-                    [*g.get("common", []), *(arm_ov or []), f"arm={arm}", f"seed={seed}", *overrides],
+                    [*g.get("common", []), *(g["arms"][arm] or []), f"arm={arm}", f"seed={seed}", *rest],
                 )
             )
     return out
