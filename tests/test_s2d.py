@@ -563,6 +563,31 @@ def test_data_seed_draws_other_train_prompts_and_the_same_eval_split():
     assert len(set(a.train["prompt"]) & set(b.train["prompt"])) < len(a.train) // 2
 
 
+@pytest.mark.parametrize("overrides, expected", [([], 3), (["data_seed=7919"], 7919)])
+def test_crs_train_builds_its_train_prompts_from_data_seed(overrides, expected, compose_cfg, monkeypatch):
+    """The run itself (crs/train.py), not only ``data_seed()``: the benchmark is built under ``data_seed``
+    when set, else under the run's seed (the seed is 3 here, so a run ignoring ``data_seed`` shows)."""
+    from pathlib import Path
+
+    import crs.benchmarks
+    from crs.train import _train
+
+    seen = []
+
+    class Built(Exception):
+        pass
+
+    def build(bench_cfg, seed):
+        seen.append(seed)
+        raise Built  # stop before any model loads
+
+    monkeypatch.setattr(crs.benchmarks, "build_benchmark", build)
+    cfg = compose_cfg("seed=3", *overrides)
+    with pytest.raises(Built):
+        _train(cfg, {}, None, Path(cfg.paths.output_dir), 0.0)
+    assert seen == [expected]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
