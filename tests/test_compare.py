@@ -721,3 +721,27 @@ def test_export_bad_input_is_one_line_exit_2(argv, needle, capsys, tmp_path):
     err = capsys.readouterr().err
     assert needle in err and err.strip().splitlines()[-1].startswith(("crs: error:", "crs compare: error:"))
     assert not (tmp_path / "y.json").exists()
+
+
+def test_a_pipeline_stage_cell_does_not_flag_its_per_seed_input_folders():
+    """Each seed's pipeline stage reads the previous stage's output of that seed: those folders differ by
+    construction (no note); a real difference (lr) is still named, and a plain run's model path still is."""
+    import pandas as pd
+
+    from crs.compare.cells import _mixed_config
+
+    stage = pd.DataFrame(
+        {
+            "tags.crs.stage": ["on_policy", "on_policy"],
+            "params.model.name_or_path": ["/r/a/model", "/r/b/model"],
+            "params.method.credit.opd.teacher": ["/r/t0/model", "/r/t1/model"],
+            "params.stage.paths.output_dir": ["/r/a/job", "/r/b/job"],
+            "params.trainer.learning_rate": ["1e-5", "1e-5"],
+        }
+    )
+    assert _mixed_config(stage) == ""
+    assert _mixed_config(stage.assign(**{"params.trainer.learning_rate": ["1e-5", "2e-5"]})) == (
+        "trainer.learning_rate (2 values)"
+    )
+    plain = stage.drop(columns=["tags.crs.stage"])
+    assert "model.name_or_path (2 values)" in _mixed_config(plain)

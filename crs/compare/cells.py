@@ -240,6 +240,22 @@ def _sort_key(key: tuple[str, ...]) -> tuple:
 
 # differ between seeds of one configuration by design
 _PER_RUN_PARAMS = ("params.seed", "params.data_seed", "params.tags", "params.paths.", "params.tracking.")
+# ... and, in a pipeline stage's run (tag crs.stage; crs/pipeline/runner.py), the folders of the models it
+# reads: each seed's stage trains the output of that seed's previous stage, so these paths differ by seed
+# by construction (a crs train stage: model.name_or_path, OPD's teacher; a TRL distillation stage:
+# teacher, student and its stage.* crs train config)
+_PER_STAGE_RUN_PARAMS = (
+    "params.model.name_or_path",
+    "params.method.credit.opd.teacher",
+    "params.teacher",
+    "params.student",
+    "params.stage.seed",
+    "params.stage.data_seed",
+    "params.stage.paths.",
+    "params.stage.tracking.",
+    "params.stage.model.name_or_path",
+    "params.stage.method.credit.opd.teacher",
+)
 
 
 def _mixed_config(sub) -> str:
@@ -250,9 +266,12 @@ def _mixed_config(sub) -> str:
     """
     if len(sub) < 2:
         return ""
+    per_run = _PER_RUN_PARAMS
+    if "tags.crs.stage" in sub.columns and sub["tags.crs.stage"].notna().all():
+        per_run = per_run + _PER_STAGE_RUN_PARAMS
     varying = []
     for name in sub.columns:
-        if (name.startswith("params.") and not name.startswith(_PER_RUN_PARAMS)) or name == "tags.git_sha":
+        if (name.startswith("params.") and not name.startswith(per_run)) or name == "tags.git_sha":
             n = sub[name].dropna().nunique()
             if n > 1:
                 varying.append(f"{name.split('.', 1)[1]} ({n} values)")
