@@ -98,6 +98,46 @@ def test_s5_student_equal_teacher_gives_nothing():
     assert _jsd(0.0, P_S, P_S) == 0.0 and _jsd(1.0, P_S, P_S) == 0.0
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_teacher_logps_are_the_teachers_at_the_sampling_temperature(temperature, tiny_model_dir, teacher_dir):
+    """``opd_teacher_logp`` = log softmax(teacher logits / T) of each sampled completion token, zero on
+    padding, scored as TRL scores the student (at the rollout's temperature); the student's vocabulary
+    must be the teacher's."""
+    from transformers import AutoModelForCausalLM
+
+    from crs.methods.opd import TeacherLogps
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    trainer = SimpleNamespace(model=student, temperature=temperature, _metrics={"train": defaultdict(list)})
+    g = torch.Generator().manual_seed(0)
+    V = student.config.vocab_size
+    out = {
+        "prompt_ids": torch.randint(3, V, (2, 4), generator=g),
+        "prompt_mask": torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]),
+        "completion_ids": torch.randint(3, V, (2, 3), generator=g),
+        "completion_mask": torch.tensor([[1, 1, 0], [1, 1, 1]]),
+    }
+    hook = TeacherLogps(teacher_dir)
+    lp = hook.features(trainer, out, torch.zeros(2), 1.0)[TEACHER_FEATURE]
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    attn = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    with torch.no_grad():
+        logits = teacher(input_ids=ids, attention_mask=attn).logits[:, 3:6] / temperature
+    want = torch.log_softmax(logits, -1).gather(-1, out["completion_ids"][..., None]).squeeze(-1)
+    want = want * out["completion_mask"]
+    torch.testing.assert_close(lp, want, rtol=1e-5, atol=1e-6)
+    assert lp[0, 2] == 0 and (lp[out["completion_mask"].bool()] < 0).all()
+    m = out["completion_mask"].float()
+    assert trainer._metrics["train"]["s2d/teacher_logp"] == [pytest.approx(float((want * m).sum() / m.sum()))]
+    trainer.model = SimpleNamespace(
+        parameters=student.parameters,
+        config=SimpleNamespace(get_text_config=lambda: SimpleNamespace(vocab_size=V + 1)),
+    )
+    with pytest.raises(ConfigError, match="differs from the student's"):
+        TeacherLogps(teacher_dir).features(trainer, out, torch.zeros(2), 1.0)
+
+
 def test_opd_leaves_eval_batches_alone():
     batch = CreditBatch(advantages=torch.ones(2), mask=torch.ones(2, 3), logps=torch.zeros(2, 3))
     assert OPD.fn(batch) is batch  # no teacher feature outside training rollouts
