@@ -2,7 +2,7 @@
 # The wheels a lent GPU box (no package index; docs/gpu.md) needs beyond its own image, into .whl/ (ignored):
 # the versions the device README names as working with its torch 2.11 / huggingface_hub 1.33 (transformers
 # 5.24.0, not a 5.25+ that wants huggingface_hub 2.x), TRL at the pinned minor, and jsonschema for the
-# orchestration traces. scripts/gpu_check.sh installs them into /tmp/site there. ~20 MB.
+# orchestration traces. scripts/gpu_check.sh installs them into /tmp/site there. 17 files, ~16 MB.
 #
 #   bash scripts/gpu_wheels.sh          # here, where pip reaches PyPI; then carry .whl (and .cache/gpu-models)
 set -eu

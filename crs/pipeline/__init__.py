@@ -97,10 +97,10 @@ def main(argv: list[str]) -> None:
 
             plot_main(argv[1:])
         elif argv[0] == "sweep":
-            if len(argv) < 2 or argv[1] in ("-h", "--help"):
-                if len(argv) > 1:
-                    print(USAGE)
-                    return
+            if argv[1:2] in (["-h"], ["--help"]):
+                print(USAGE)
+                return
+            if len(argv) < 2:
                 raise ConfigError("crs pipeline sweep needs a grid: crs pipeline sweep <grid> [overrides]")
             if sweep(argv[1], argv[2:])["failed"]:  # every arm ran; a failed one makes the sweep fail
                 sys.exit(1)

@@ -51,15 +51,16 @@ def jobs(g: dict[str, Any], overrides: list[str]) -> list[tuple[str, int, list[s
         if key == "seeds":
             seeds = picked
             continue
-        unknown = [a for a in map(str, picked) if a not in g["arms"]]
+        names = set(map(str, picked))
+        unknown = sorted(names - set(g["arms"]))
         if unknown:
             from crs.errors import did_you_mean
 
             raise ConfigError(
-                f"crs pipeline sweep: no arm {unknown[0]!r}{did_you_mean(unknown[0], arms)}; "
+                f"crs pipeline sweep: no arm {unknown[0]!r}{did_you_mean(unknown[0], g['arms'])}; "
                 f"the grid's arms: {', '.join(g['arms'])}"
             )
-        arms = [a for a in g["arms"] if a in set(map(str, picked))]  # the grid's order, not the command's
+        arms = [a for a in g["arms"] if a in names]  # the grid's order, not the command's
     out = []
     for arm in arms:
         for seed in seeds:
